@@ -1,0 +1,215 @@
+// Package gateway is the OpenAI-compatible HTTP endpoint consumers call. It
+// checks API keys against the settlement peer, picks the least-loaded live
+// instance from the gossiped view (gateway/route), forwards the call over a
+// libp2p stream with failover before the first byte, relays SSE, puts the
+// call's cost in usage, and sends a signed receipt for every paid call to
+// the settlement peer.
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tokenrouter/tokenrouter/p2p"
+	"github.com/tokenrouter/tokenrouter/settlement/economy"
+)
+
+// Response headers every client sees.
+const (
+	HeaderRequestID = "x-tokenrouter-request-id"
+	HeaderNode      = "x-tokenrouter-node"
+)
+
+// Config configures a gateway.
+type Config struct {
+	Host          *p2p.Host
+	Platform      peer.ID       // the settlement peer trusted for keys, prices and receipts
+	HTTPAddr      string        // where the OpenAI-compatible API listens
+	MaxBody       int64         // largest request body accepted
+	MaxRetries    int           // other instances tried after a failure before the first byte
+	HeaderTimeout time.Duration // how long a node may take to start answering
+	MaxCallTime   time.Duration // how long one call may take in all
+	AuthTTL       time.Duration // how long a checked API key (and its balance) is trusted
+	PriceRefresh  time.Duration // how often the price table is fetched again
+	Logger        *slog.Logger  // nil = discard
+}
+
+// DefaultConfig returns the defaults; Host, Platform and HTTPAddr must be set.
+func DefaultConfig() Config {
+	return Config{
+		MaxBody:       8 << 20,          // long prompts fit; a runaway upload does not
+		MaxRetries:    2,                // SPEC §3: at most 2 retries
+		HeaderTimeout: 60 * time.Second, // a loaded engine may queue before it answers
+		MaxCallTime:   30 * time.Minute, // long generations at a few tok/s finish
+		AuthTTL:       2 * time.Second,  // a revoked key or spent balance is seen within 2 s
+		PriceRefresh:  time.Minute,      // price tables change rarely
+	}
+}
+
+// Validate reports a configuration the gateway cannot run with.
+func (c *Config) Validate() error {
+	switch {
+	case c.Host == nil:
+		return errors.New("gateway: a host is required")
+	case c.Platform == "":
+		return errors.New("gateway: the settlement peer id is required (--platform)")
+	case c.MaxBody <= 0 || c.MaxRetries < 0 || c.HeaderTimeout <= 0 || c.MaxCallTime <= 0 || c.AuthTTL <= 0 || c.PriceRefresh <= 0:
+		return errors.New("gateway: limits and timeouts must be positive")
+	}
+	return nil
+}
+
+// Gateway is a running gateway.
+type Gateway struct {
+	cfg     Config
+	log     *slog.Logger
+	view    *View
+	auth    *authCache
+	settler *settler
+	reg     *prometheus.Registry
+	metrics metrics
+
+	pmu    sync.RWMutex
+	prices economy.PriceTable
+}
+
+// New checks cfg and returns a gateway ready to Run.
+func New(cfg Config) (*Gateway, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var seed [8]byte
+	rand.Read(seed[:])
+	g := &Gateway{
+		cfg:  cfg,
+		log:  log,
+		view: NewView(time.Now, p2p.MaxAnnouncementAge, binary.LittleEndian.Uint64(seed[:])),
+		reg:  prometheus.NewRegistry(),
+	}
+	g.metrics = newMetrics(g.reg)
+	g.auth = newAuthCache(cfg.Host, cfg.Platform, cfg.AuthTTL)
+	g.settler = newSettler(cfg.Host, cfg.Platform, log, g.metrics)
+	return g, nil
+}
+
+// View is the gateway's view of the network.
+func (g *Gateway) View() *View { return g.view }
+
+// Run follows the load topic, fetches prices, serves HTTP and sends receipts
+// until ctx ends. ready is called with the bound HTTP address once it serves.
+func (g *Gateway) Run(ctx context.Context, ready func(httpAddr string)) error {
+	topic, err := p2p.JoinLoadTopic(g.cfg.Host, nil)
+	if err != nil {
+		return fmt.Errorf("gateway: join load topic: %w", err)
+	}
+	defer topic.Close()
+	sub, err := topic.Subscribe()
+	if err != nil {
+		return fmt.Errorf("gateway: subscribe: %w", err)
+	}
+	defer sub.Cancel()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { g.view.follow(ctx, g.cfg.Host, sub) })
+
+	if err := g.refreshPrices(ctx); err != nil {
+		return err
+	}
+	wg.Go(func() { g.keepPrices(ctx) })
+	// Receipts outlive the HTTP server: they are flushed after it stops.
+	sctx, stopSettler := context.WithCancel(context.Background())
+	defer stopSettler()
+	wg.Go(func() { g.settler.run(sctx) })
+
+	ln, err := net.Listen("tcp", g.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("gateway: listen %s: %w", g.cfg.HTTPAddr, err)
+	}
+	srv := &http.Server{Handler: g.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	g.log.Info("gateway up", "http", ln.Addr().String(), "peer", g.cfg.Host.ID().String())
+	if ready != nil {
+		ready(ln.Addr().String())
+	}
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	shutdown, cancelShutdown := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelShutdown()
+	if serr := srv.Shutdown(shutdown); err == nil {
+		err = serr
+	}
+	cancel()
+	g.settler.flush(5 * time.Second)
+	return err
+}
+
+// refreshPrices fetches the price table, retrying until the settlement peer answers or ctx ends.
+func (g *Gateway) refreshPrices(ctx context.Context) error {
+	backoff := 200 * time.Millisecond
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, err := g.cfg.Host.CallSettle(cctx, g.cfg.Platform, &p2p.SettleRequest{Op: p2p.OpPrices})
+		cancel()
+		if err == nil && resp.Prices != nil {
+			g.pmu.Lock()
+			g.prices = *resp.Prices
+			g.pmu.Unlock()
+			return nil
+		}
+		if err == nil {
+			err = errors.New("no price table in the answer")
+		}
+		g.log.Warn("waiting for the settlement peer's prices", "platform", g.cfg.Platform.String(), "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("gateway: settlement peer unreachable: %w", err)
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (g *Gateway) keepPrices(ctx context.Context) {
+	t := time.NewTicker(g.cfg.PriceRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			resp, err := g.cfg.Host.CallSettle(cctx, g.cfg.Platform, &p2p.SettleRequest{Op: p2p.OpPrices})
+			cancel()
+			if err == nil && resp.Prices != nil {
+				g.pmu.Lock()
+				g.prices = *resp.Prices
+				g.pmu.Unlock()
+			}
+		}
+	}
+}
+
+func (g *Gateway) price(model string) economy.Price {
+	g.pmu.RLock()
+	defer g.pmu.RUnlock()
+	return g.prices.For(model)
+}

@@ -1,0 +1,43 @@
+package gateway
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	requests         *prometheus.CounterVec
+	duration         *prometheus.HistogramVec
+	upstreamFailures prometheus.Counter
+	tokens           *prometheus.CounterVec
+	chargedUcr       prometheus.Counter
+	receipts         *prometheus.CounterVec
+	receiptsPending  prometheus.Gauge
+}
+
+func newMetrics(reg *prometheus.Registry) metrics {
+	m := metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenrouter_gateway_requests_total", Help: "Inference requests by endpoint and status.",
+		}, []string{"endpoint", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tokenrouter_gateway_request_seconds", Help: "Inference request duration (whole stream for streamed calls).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+		}, []string{"endpoint"}),
+		upstreamFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokenrouter_gateway_upstream_failures_total", Help: "Node attempts that failed (5xx, broken streams, unreachable).",
+		}),
+		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenrouter_gateway_billed_tokens_total", Help: "Tokens billed to consumers, by kind.",
+		}, []string{"kind"}),
+		chargedUcr: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokenrouter_gateway_charged_ucr_total", Help: "Micro-credits charged on receipts this gateway signed.",
+		}),
+		receipts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenrouter_gateway_receipts_total", Help: "Receipt deliveries by outcome (applied, duplicate, rejected, retry).",
+		}, []string{"outcome"}),
+		receiptsPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tokenrouter_gateway_receipts_pending", Help: "Receipts waiting for the settlement peer.",
+		}),
+	}
+	reg.MustRegister(m.requests, m.duration, m.upstreamFailures, m.tokens, m.chargedUcr, m.receipts, m.receiptsPending,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}

@@ -1,0 +1,263 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"crypto/rand"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/internal/openai"
+	"github.com/tokenrouter/tokenrouter/p2p"
+)
+
+// requestMeta is what the gateway reads of an OpenAI request body; the body
+// itself travels to the node untouched.
+type requestMeta struct {
+	Model         string `json:"model"`
+	Stream        bool   `json:"stream"`
+	StreamOptions *struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+}
+
+func newRequestID() string {
+	var b [15]byte
+	rand.Read(b[:])
+	return "req_" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
+// inference serves one OpenAI endpoint by forwarding it to a node; path is
+// the upstream path ("/chat/completions").
+func (g *Gateway) inference(path string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		reqID := newRequestID()
+		w.Header().Set(HeaderRequestID, reqID)
+		code := g.serveInference(w, r, path, reqID)
+		g.metrics.requests.WithLabelValues(path, fmt.Sprint(code)).Inc()
+		g.metrics.duration.WithLabelValues(path).Observe(time.Since(start).Seconds())
+	}
+}
+
+// serveInference does the work of inference and returns the status sent.
+func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, reqID string) int {
+	key, ok := openai.BearerKey(r)
+	if !ok {
+		return fail(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "missing API key: send Authorization: Bearer <key>")
+	}
+	account, balance, err := g.auth.check(r.Context(), key)
+	switch {
+	case errors.Is(err, errUnknownKey):
+		return fail(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "invalid API key")
+	case err != nil:
+		g.log.Warn("settlement unreachable for an API key check", "err", err)
+		w.Header().Set("Retry-After", "2")
+		return fail(w, http.StatusServiceUnavailable, "server_error", "", "settlement_unavailable", "the settlement peer cannot be reached to check the API key; retry shortly")
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.cfg.MaxBody))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return fail(w, http.StatusRequestEntityTooLarge, "invalid_request_error", "", "request_too_large",
+				fmt.Sprintf("request body exceeds %d bytes", g.cfg.MaxBody))
+		}
+		return fail(w, http.StatusBadRequest, "invalid_request_error", "", "", "could not read the request body")
+	}
+	var meta requestMeta
+	if err := json.Unmarshal(body, &meta); err != nil {
+		return fail(w, http.StatusBadRequest, "invalid_request_error", "", "invalid_json", "the request body is not valid JSON: "+err.Error())
+	}
+	if meta.Model == "" {
+		return fail(w, http.StatusBadRequest, "invalid_request_error", "model", "missing_required_parameter", "you must provide a model parameter")
+	}
+	if meta.Stream && path == "/embeddings" {
+		return fail(w, http.StatusBadRequest, "invalid_request_error", "stream", "invalid_value", "embeddings cannot be streamed")
+	}
+	if !g.view.HasModel(meta.Model) {
+		return fail(w, http.StatusNotFound, "invalid_request_error", "model", "model_not_found",
+			fmt.Sprintf("the model %q has no live instance on the network", meta.Model))
+	}
+	if balance <= 0 {
+		return fail(w, http.StatusPaymentRequired, "insufficient_quota", "", "insufficient_credits",
+			"your account has no credits left; top up or use another key")
+	}
+	c := &forwardCall{
+		g: g, w: w, r: r, id: reqID, path: path, body: body, meta: meta,
+		key: key, account: account,
+		wantUsage: meta.StreamOptions != nil && meta.StreamOptions.IncludeUsage,
+	}
+	return c.run()
+}
+
+func fail(w http.ResponseWriter, status int, typ, param, code, msg string) int {
+	openai.WriteError(w, status, typ, param, code, msg)
+	return status
+}
+
+// forwardCall is one consumer call on its way to a node.
+type forwardCall struct {
+	g         *Gateway
+	w         http.ResponseWriter
+	r         *http.Request
+	id        string
+	path      string
+	body      []byte
+	meta      requestMeta
+	key       string
+	account   string
+	wantUsage bool
+}
+
+// attemptError says why an attempt on one instance failed before the first
+// byte reached the client, so another instance may be tried.
+type attemptError struct {
+	status int // the node's status, 0 when it never answered
+	err    error
+	full   bool // 429: the node is at capacity, not failing
+}
+
+func (e *attemptError) Error() string { return fmt.Sprintf("status %d: %v", e.status, e.err) }
+
+// run tries up to 1+MaxRetries instances, never the same node twice.
+func (c *forwardCall) run() int {
+	g := c.g
+	tried := map[peer.ID]bool{}
+	var last *attemptError
+	for attempt := 0; attempt <= g.cfg.MaxRetries; attempt++ {
+		node, release, ok := g.view.Acquire(c.meta.Model, tried)
+		if !ok {
+			break
+		}
+		tried[node] = true
+		status, aerr := c.attempt(node)
+		release()
+		if aerr == nil {
+			return status
+		}
+		last = aerr
+		if !aerr.full {
+			g.metrics.upstreamFailures.Inc()
+		}
+		g.log.Warn("attempt failed before the first byte; trying another instance",
+			"request", c.id, "node", node.String(), "err", aerr)
+		if c.r.Context().Err() != nil {
+			return 499 // the client left
+		}
+	}
+	if last == nil || last.full {
+		c.w.Header().Set("Retry-After", "1")
+		return fail(c.w, http.StatusServiceUnavailable, "server_error", "", "no_capacity",
+			fmt.Sprintf("every instance of %q is busy or unavailable; retry shortly", c.meta.Model))
+	}
+	return fail(c.w, http.StatusBadGateway, "server_error", "", "upstream_failed",
+		fmt.Sprintf("the call failed on %d instance(s): %v", len(tried), last.err))
+}
+
+// attempt runs the call on node. A nil error means an answer (success or a
+// consumer-caused error) was relayed to the client.
+func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
+	g := c.g
+	ctx, cancel := context.WithTimeout(c.r.Context(), g.cfg.HeaderTimeout)
+	defer cancel()
+	if err := g.cfg.Host.Find(ctx, node); err != nil {
+		g.view.Forget(node)
+		return 0, &attemptError{err: err}
+	}
+	s, err := g.cfg.Host.NewStream(ctx, node, p2p.ProtoInfer)
+	if err != nil {
+		return 0, &attemptError{err: err}
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			s.Reset()
+		}
+	}()
+	if !c.meta.Stream {
+		// A client that leaves a non-streamed call gets nothing and pays
+		// nothing: reset the stream so the node stops at once.
+		stop := context.AfterFunc(c.r.Context(), func() { s.Reset() })
+		defer stop()
+	}
+	s.SetDeadline(time.Now().Add(g.cfg.HeaderTimeout))
+	bw := bufio.NewWriter(s)
+	hdr, _ := json.Marshal(p2p.InferRequest{RequestID: c.id, Path: c.path, Model: c.meta.Model, Stream: c.meta.Stream})
+	if err := p2p.WriteFrame(bw, p2p.FrameRequest, hdr); err != nil {
+		return 0, &attemptError{err: err}
+	}
+	if err := p2p.WriteFrame(bw, p2p.FrameBody, c.body); err != nil {
+		return 0, &attemptError{err: err}
+	}
+	if err := bw.Flush(); err != nil {
+		return 0, &attemptError{err: err}
+	}
+	br := bufio.NewReaderSize(s, 32<<10)
+	typ, payload, err := p2p.ReadFrame(br, nil, p2p.MaxFrame)
+	if err != nil || typ != p2p.FrameHeader {
+		return 0, &attemptError{err: fmt.Errorf("no answer header: %v", err)}
+	}
+	var h p2p.InferHeader
+	if err := json.Unmarshal(payload, &h); err != nil {
+		return 0, &attemptError{err: fmt.Errorf("bad answer header: %w", err)}
+	}
+	switch {
+	case h.Status == http.StatusTooManyRequests:
+		return 0, &attemptError{status: h.Status, full: true, err: errors.New("node at capacity")}
+	case h.Status >= 500:
+		return 0, &attemptError{status: h.Status, err: errors.New(readErrorMessage(br))}
+	case h.Status != http.StatusOK:
+		// The consumer's input was refused: neutral for the node, relayed as is.
+		typ, payload, err := p2p.ReadFrame(br, nil, p2p.MaxFrame)
+		if err != nil || typ != p2p.FrameData {
+			return 0, &attemptError{status: h.Status, err: fmt.Errorf("error body lost: %v", err)}
+		}
+		ok = true
+		s.Close()
+		c.w.Header().Set(HeaderNode, node.String())
+		c.w.Header().Set("Content-Type", "application/json")
+		c.w.WriteHeader(h.Status)
+		c.w.Write(payload)
+		return h.Status, nil
+	}
+	s.SetDeadline(time.Now().Add(g.cfg.MaxCallTime))
+	rel := &relay{c: c, s: s, br: br, node: node}
+	if c.meta.Stream {
+		status, aerr := rel.stream()
+		ok = aerr == nil
+		return status, aerr
+	}
+	status, aerr := rel.whole()
+	ok = aerr == nil
+	return status, aerr
+}
+
+// readErrorMessage pulls the message out of a node's error body frame.
+func readErrorMessage(br *bufio.Reader) string {
+	typ, payload, err := p2p.ReadFrame(br, nil, 1<<20)
+	if err != nil || typ != p2p.FrameData {
+		return "node failed"
+	}
+	var e openai.ErrorBody
+	if json.Unmarshal(payload, &e) == nil && e.Error.Message != "" {
+		return e.Error.Message
+	}
+	return "node failed"
+}
+
+// relay moves one successful answer from a node stream to the client.
+type relay struct {
+	c    *forwardCall
+	s    network.Stream
+	br   *bufio.Reader
+	node peer.ID
+}

@@ -1,0 +1,69 @@
+package provider
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/tokenrouter/tokenrouter/p2p"
+)
+
+// announceLoop publishes the node's load on change (at most every
+// cfg.Announce) and at least every cfg.Heartbeat.
+func (n *Node) announceLoop(ctx context.Context) {
+	n.publish(ctx)
+	last := time.Now()
+	heartbeat := time.NewTicker(n.cfg.Heartbeat)
+	defer heartbeat.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-heartbeat.C:
+		case <-n.changed:
+			if wait := n.cfg.Announce - time.Since(last); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+			}
+		}
+		n.publish(ctx)
+		last = time.Now()
+	}
+}
+
+// Announcement is the node's current announcement (without a sequence number).
+func (n *Node) Announcement() p2p.Announcement {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	a := p2p.Announcement{
+		Node:      n.cfg.Host.ID().String(),
+		Addrs:     n.cfg.Host.FullAddrs(),
+		Hardware:  n.cfg.Hardware,
+		Synthetic: n.cfg.Synthetic,
+		TokPerSec: n.tokPerS,
+		TimeMs:    time.Now().UnixMilli(),
+	}
+	for _, m := range n.models {
+		a.Models = append(a.Models, p2p.ModelLoad{Model: m, Capacity: n.cfg.Capacity, InFlight: n.inFlight})
+	}
+	return a
+}
+
+func (n *Node) publish(ctx context.Context) {
+	a := n.Announcement()
+	n.mu.Lock()
+	n.seq++
+	a.Seq = n.seq
+	n.mu.Unlock()
+	data, err := json.Marshal(a)
+	if err != nil {
+		n.log.Error("announce: marshal", "err", err)
+		return
+	}
+	if err := n.topic.Publish(ctx, data); err != nil && ctx.Err() == nil {
+		n.log.Warn("announce: publish", "err", err)
+	}
+}

@@ -1,0 +1,226 @@
+// Package provider is the running node: it serves /tokenrouter/infer/1
+// streams by calling its upstream engine (always asking for usage), measures
+// its load and generation rate, announces them on GossipSub, signs a claim
+// for every call it served, and links itself to its operator's account.
+package provider
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/nodecore/engine"
+	"github.com/tokenrouter/tokenrouter/p2p"
+)
+
+// Config configures a node.
+type Config struct {
+	Host       *p2p.Host
+	Upstream   *engine.Upstream
+	Platform   peer.ID       // the settlement peer to register with
+	AccountKey string        // API key of the operator's account; "" = earnings accrue to node:<peer id>
+	Models     []string      // models to serve; empty = every model the engine lists
+	Capacity   int           // concurrent calls per model this node takes
+	Synthetic  bool          // the upstream is the synthetic engine (shown in announcements)
+	Hardware   string        // shown in announcements; "" = a CPU description
+	Logger     *slog.Logger  // nil = discard
+	Announce   time.Duration // minimum gap between announcements on change
+	Heartbeat  time.Duration // an announcement at least this often even without change
+	MaxBody    int64         // largest upstream response body read for a non-streamed call
+}
+
+// DefaultConfig returns the defaults; Host, Upstream and Platform must be set.
+func DefaultConfig() Config {
+	return Config{
+		Capacity:  8,               // a modest GPU batch; operators raise it with --capacity
+		Announce:  time.Second,     // SPEC: at most every second
+		Heartbeat: 3 * time.Second, // well inside the 10 s freshness window validators apply
+		MaxBody:   32 << 20,        // embeddings of long inputs stay well below this
+	}
+}
+
+// Validate reports a configuration a node cannot run with.
+func (c *Config) Validate() error {
+	switch {
+	case c.Host == nil:
+		return errors.New("provider: a host is required")
+	case c.Upstream == nil || c.Upstream.BaseURL == "":
+		return errors.New("provider: an upstream engine URL is required (--upstream)")
+	case c.Platform == "":
+		return errors.New("provider: the settlement peer id is required (--platform)")
+	case c.Capacity < 1:
+		return fmt.Errorf("provider: capacity must be at least 1, got %d", c.Capacity)
+	case c.Announce < 100*time.Millisecond || c.Heartbeat < c.Announce:
+		return errors.New("provider: announce interval must be >= 100ms and heartbeat >= announce")
+	}
+	return nil
+}
+
+// Node is a running provider.
+type Node struct {
+	cfg   Config
+	log   *slog.Logger
+	topic *pubsub.Topic
+
+	mu       sync.Mutex
+	models   []string
+	serves   map[string]bool
+	inFlight int
+	tokPerS  float64 // EWMA of measured generation rate
+	version  uint64  // bumped on every change worth announcing
+	changed  chan struct{}
+	seq      uint64
+	account  string
+}
+
+// New checks cfg and returns a node ready to Run.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Hardware == "" {
+		cfg.Hardware = fmt.Sprintf("cpu %s/%s, %d cores", runtime.GOOS, runtime.GOARCH, runtime.NumCPU())
+	}
+	return &Node{
+		cfg:     cfg,
+		log:     log,
+		serves:  map[string]bool{},
+		changed: make(chan struct{}, 1),
+		seq:     uint64(time.Now().UnixNano()), // grows across restarts, so validators accept a restarted node
+	}, nil
+}
+
+// Run discovers the engine's models, registers with the settlement peer,
+// serves inference streams and announces load until ctx ends. ready is
+// called once the node serves.
+func (n *Node) Run(ctx context.Context, ready func()) error {
+	if err := n.discoverModels(ctx); err != nil {
+		return err
+	}
+	if err := n.register(ctx); err != nil {
+		return err
+	}
+	topic, err := p2p.JoinLoadTopic(n.cfg.Host, nil)
+	if err != nil {
+		return fmt.Errorf("provider: join load topic: %w", err)
+	}
+	n.topic = topic
+	defer topic.Close()
+	n.cfg.Host.SetStreamHandler(p2p.ProtoInfer, n.serveInfer(ctx))
+	defer n.cfg.Host.RemoveStreamHandler(p2p.ProtoInfer)
+	n.log.Info("node serving", "peer", n.cfg.Host.ID().String(), "models", n.models, "capacity", n.cfg.Capacity)
+	if ready != nil {
+		ready()
+	}
+	n.announceLoop(ctx)
+	return nil
+}
+
+// Models returns the models this node serves.
+func (n *Node) Models() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]string(nil), n.models...)
+}
+
+func (n *Node) discoverModels(ctx context.Context) error {
+	if len(n.cfg.Models) > 0 {
+		n.setModels(n.cfg.Models)
+		return nil
+	}
+	backoff := 200 * time.Millisecond
+	for {
+		mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		ms, err := n.cfg.Upstream.Models(mctx)
+		cancel()
+		if err == nil && len(ms) > 0 {
+			names := make([]string, len(ms))
+			for i, m := range ms {
+				names[i] = m.ID
+			}
+			n.setModels(names)
+			return nil
+		}
+		if err == nil {
+			err = errors.New("the engine lists no models")
+		}
+		n.log.Warn("waiting for the engine", "upstream", n.cfg.Upstream.BaseURL, "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("provider: engine at %s not reachable: %w", n.cfg.Upstream.BaseURL, err)
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (n *Node) setModels(ms []string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.models = append([]string(nil), ms...)
+	n.serves = map[string]bool{}
+	for _, m := range ms {
+		n.serves[m] = true
+	}
+}
+
+// register links this node to the operator's account, retrying while the
+// settlement peer is unreachable and failing on a key it rejects.
+func (n *Node) register(ctx context.Context) error {
+	if n.cfg.AccountKey == "" {
+		n.log.Warn("no --account-key: earnings accrue to this node's own account until it is linked")
+		return nil
+	}
+	backoff := 200 * time.Millisecond
+	for {
+		reg := &p2p.NodeRegistration{Node: n.cfg.Host.ID().String(), APIKey: n.cfg.AccountKey, TimeMs: time.Now().UnixMilli()}
+		if err := reg.Sign(n.cfg.Host.Key); err != nil {
+			return err
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, err := n.cfg.Host.CallSettle(cctx, n.cfg.Platform, &p2p.SettleRequest{Op: p2p.OpRegister, Register: reg})
+		cancel()
+		var rpcErr *p2p.RPCError
+		switch {
+		case err == nil && resp.Account != nil:
+			n.mu.Lock()
+			n.account = resp.Account.Account
+			n.mu.Unlock()
+			n.log.Info("node linked to account", "account", resp.Account.Account)
+			return nil
+		case errors.As(err, &rpcErr):
+			return fmt.Errorf("provider: settlement refused the registration: %w", err)
+		}
+		n.log.Warn("waiting for the settlement peer", "platform", n.cfg.Platform.String(), "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("provider: settlement peer unreachable: %w", err)
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// Account is the account this node earns for ("" until linked).
+func (n *Node) Account() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.account
+}
+
+func (n *Node) markChanged() {
+	select {
+	case n.changed <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,246 @@
+package provider
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/tokenrouter/tokenrouter/internal/openai"
+	"github.com/tokenrouter/tokenrouter/nodecore/engine"
+	"github.com/tokenrouter/tokenrouter/p2p"
+)
+
+// upstreamPaths are the OpenAI paths a gateway may ask a node to call.
+var upstreamPaths = map[string]bool{
+	"/chat/completions": true,
+	"/completions":      true,
+	"/embeddings":       true,
+}
+
+// call is one inference call being served on a stream.
+type call struct {
+	n   *Node
+	s   network.Stream
+	w   *bufio.Writer
+	req p2p.InferRequest
+}
+
+func (n *Node) serveInfer(parent context.Context) network.StreamHandler {
+	return func(s network.Stream) {
+		c := &call{n: n, s: s, w: bufio.NewWriterSize(s, 32<<10)}
+		if err := c.serve(parent); err != nil {
+			n.log.Debug("infer stream ended with an error", "request", c.req.RequestID, "err", err)
+			s.Reset()
+			return
+		}
+		s.Close()
+	}
+}
+
+func (c *call) serve(parent context.Context) error {
+	c.s.SetReadDeadline(time.Now().Add(30 * time.Second))
+	r := bufio.NewReader(c.s)
+	typ, payload, err := p2p.ReadFrame(r, nil, 64<<10)
+	if err != nil || typ != p2p.FrameRequest {
+		return fmt.Errorf("read request: %v", err)
+	}
+	if err := json.Unmarshal(payload, &c.req); err != nil {
+		return fmt.Errorf("bad request header: %w", err)
+	}
+	typ, body, err := p2p.ReadFrame(r, nil, p2p.MaxFrame)
+	if err != nil || typ != p2p.FrameBody {
+		return fmt.Errorf("read body: %v", err)
+	}
+	c.s.SetReadDeadline(time.Time{})
+
+	n := c.n
+	if !upstreamPaths[c.req.Path] {
+		return c.refuse(http.StatusNotFound, "invalid_request_error", "unknown_endpoint", "this node does not serve "+c.req.Path)
+	}
+	n.mu.Lock()
+	serves := n.serves[c.req.Model]
+	full := n.inFlight >= n.cfg.Capacity
+	if serves && !full {
+		n.inFlight++
+	}
+	n.mu.Unlock()
+	if !serves {
+		return c.refuse(http.StatusNotFound, "invalid_request_error", "model_not_found", "this node does not serve model "+c.req.Model)
+	}
+	if full {
+		return c.refuse(http.StatusTooManyRequests, "rate_limit_error", "node_full", "node is at capacity")
+	}
+	n.markChanged()
+	defer func() {
+		n.mu.Lock()
+		n.inFlight--
+		n.mu.Unlock()
+		n.markChanged()
+	}()
+
+	// The gateway closing its side of the stream means "stop": the client
+	// left. Cancelling ctx stops the engine; the node still sends its claim
+	// for what it produced.
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+	go func() {
+		io.Copy(io.Discard, r)
+		cancel()
+	}()
+
+	start := time.Now()
+	resp, err := n.cfg.Upstream.Do(ctx, c.req.Path, body)
+	if err != nil {
+		return c.refuse(http.StatusBadGateway, "server_error", "upstream_unreachable", "the node's engine is unreachable")
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		errBody, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		return c.answer(resp.StatusCode, errBody)
+	}
+	if c.req.Stream {
+		return c.relayStream(ctx, resp.Body, start)
+	}
+	return c.relayBody(resp.Body, start)
+}
+
+// refuse answers with an OpenAI-shaped error and no claim.
+func (c *call) refuse(status int, typ, code, msg string) error {
+	return c.answer(status, openai.ErrorJSON(typ, "", code, msg))
+}
+
+// answer sends a status and a whole body with no claim (nothing to bill).
+func (c *call) answer(status int, body []byte) error {
+	if err := c.header(status); err != nil {
+		return err
+	}
+	if err := p2p.WriteFrame(c.w, p2p.FrameData, body); err != nil {
+		return err
+	}
+	return c.w.Flush()
+}
+
+func (c *call) header(status int) error {
+	h, _ := json.Marshal(p2p.InferHeader{Status: status, Node: c.n.cfg.Host.ID().String()})
+	return p2p.WriteFrame(c.w, p2p.FrameHeader, h)
+}
+
+func (c *call) relayBody(body io.Reader, start time.Time) error {
+	data, err := io.ReadAll(io.LimitReader(body, c.n.cfg.MaxBody+1))
+	if err != nil {
+		return c.refuse(http.StatusBadGateway, "server_error", "upstream_broken", "the node's engine broke off its answer")
+	}
+	if int64(len(data)) > c.n.cfg.MaxBody {
+		return c.refuse(http.StatusBadGateway, "server_error", "upstream_too_large", "the engine's answer is too large")
+	}
+	var parsed struct {
+		Usage *engine.Usage `json:"usage"`
+	}
+	if err := json.Unmarshal(data, &parsed); err != nil {
+		return c.refuse(http.StatusBadGateway, "server_error", "upstream_bad_json", "the node's engine answered with invalid JSON")
+	}
+	claim := p2p.NodeClaim{}
+	if parsed.Usage != nil {
+		claim.PromptTokens, claim.CompletionTokens = parsed.Usage.PromptTokens, parsed.Usage.CompletionTokens
+	} else {
+		claim.Estimated = true // no usage from the engine: bill nothing we cannot count
+	}
+	c.n.measure(claim.CompletionTokens, time.Since(start))
+	if err := c.header(http.StatusOK); err != nil {
+		return err
+	}
+	if err := p2p.WriteFrame(c.w, p2p.FrameData, data); err != nil {
+		return err
+	}
+	return c.trailer(claim)
+}
+
+func (c *call) relayStream(ctx context.Context, body io.Reader, start time.Time) error {
+	if err := c.header(http.StatusOK); err != nil {
+		return err
+	}
+	if err := c.w.Flush(); err != nil {
+		return err
+	}
+	sse := engine.NewSSEReader(body)
+	var usage *engine.Usage
+	var chunks int64
+	var first, last time.Time
+	for {
+		data, err := sse.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				break
+			}
+			// The engine broke off: end with a claim for what was sent.
+			c.n.log.Warn("engine stream broke", "request", c.req.RequestID, "err", err)
+			break
+		}
+		if string(data) == "[DONE]" {
+			break
+		}
+		typ := byte(p2p.FrameData)
+		if u := engine.ChunkUsage(data); u != nil {
+			usage = u
+			typ = p2p.FrameUsage
+		} else if engine.ChunkHasContent(data) {
+			chunks++
+			last = time.Now()
+			if first.IsZero() {
+				first = last
+			}
+		}
+		if err := p2p.WriteFrame(c.w, typ, data); err != nil {
+			return err
+		}
+		if err := c.w.Flush(); err != nil {
+			return err
+		}
+	}
+	claim := p2p.NodeClaim{CompletionTokens: chunks, Estimated: true}
+	if usage != nil {
+		claim = p2p.NodeClaim{PromptTokens: usage.PromptTokens, CompletionTokens: usage.CompletionTokens}
+	}
+	if chunks > 1 {
+		c.n.measure(chunks-1, last.Sub(first))
+	}
+	return c.trailer(claim)
+}
+
+// trailer signs and sends the node's claim for this call.
+func (c *call) trailer(claim p2p.NodeClaim) error {
+	claim.RequestID = c.req.RequestID
+	claim.Model = c.req.Model
+	claim.Node = c.n.cfg.Host.ID().String()
+	claim.Gateway = c.s.Conn().RemotePeer().String()
+	sig, err := p2p.SignClaim(c.n.cfg.Host.Key, claim)
+	if err != nil {
+		return err
+	}
+	t, _ := json.Marshal(p2p.Trailer{Claim: claim, Sig: sig})
+	if err := p2p.WriteFrame(c.w, p2p.FrameTrailer, t); err != nil {
+		return err
+	}
+	return c.w.Flush()
+}
+
+// measure folds one call's generation rate into the node's EWMA.
+func (n *Node) measure(tokens int64, d time.Duration) {
+	if tokens <= 0 || d <= 0 {
+		return
+	}
+	rate := float64(tokens) / d.Seconds()
+	n.mu.Lock()
+	if n.tokPerS == 0 {
+		n.tokPerS = rate
+	} else {
+		n.tokPerS = 0.8*n.tokPerS + 0.2*rate
+	}
+	n.mu.Unlock()
+}

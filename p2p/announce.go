@@ -1,0 +1,89 @@
+package p2p
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// TopicLoad carries nodes' load announcements.
+const TopicLoad = "tokenrouter/load/1"
+
+// MaxAnnouncement bounds an announcement's size; larger ones are rejected.
+const MaxAnnouncement = 64 << 10
+
+// MaxAnnouncementAge is how old (or how far in the future) an announcement may
+// be before validators ignore it.
+const MaxAnnouncementAge = 10 * time.Second
+
+// Announcement is a node's signed statement of what it serves and how busy
+// it is. GossipSub's strict signing binds it to the publishing peer; the
+// validator checks Node is that peer, the timestamp is fresh and Seq grows.
+type Announcement struct {
+	Node      string      `json:"node"`
+	Addrs     []string    `json:"addrs"`
+	Hardware  string      `json:"hardware,omitempty"`
+	Synthetic bool        `json:"synthetic,omitempty"` // served by the synthetic engine
+	Models    []ModelLoad `json:"models"`
+	TokPerSec float64     `json:"tok_s"` // measured generation rate, 0 until measured
+	TimeMs    int64       `json:"time_ms"`
+	Seq       uint64      `json:"seq"`
+}
+
+// ModelLoad is one instance: a model on a node, its declared capacity
+// (concurrent calls) and the calls in flight.
+type ModelLoad struct {
+	Model    string `json:"model"`
+	Capacity int    `json:"capacity"`
+	InFlight int    `json:"in_flight"`
+}
+
+// JoinLoadTopic joins the load topic with a validator that drops forged,
+// stale, replayed and oversized announcements. now is the clock it checks
+// freshness against (nil = time.Now).
+func JoinLoadTopic(h *Host, now func() time.Time) (*pubsub.Topic, error) {
+	if now == nil {
+		now = time.Now
+	}
+	v := &announceValidator{now: now, last: map[peer.ID]uint64{}}
+	if err := h.PubSub.RegisterTopicValidator(TopicLoad, v.validate); err != nil {
+		return nil, err
+	}
+	return h.PubSub.Join(TopicLoad)
+}
+
+type announceValidator struct {
+	now  func() time.Time
+	mu   sync.Mutex
+	last map[peer.ID]uint64
+}
+
+func (v *announceValidator) validate(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	if len(m.Data) > MaxAnnouncement {
+		return pubsub.ValidationReject
+	}
+	var a Announcement
+	if err := json.Unmarshal(m.Data, &a); err != nil {
+		return pubsub.ValidationReject
+	}
+	from := m.GetFrom()
+	if a.Node != from.String() {
+		return pubsub.ValidationReject // someone speaking for another node
+	}
+	age := v.now().Sub(time.UnixMilli(a.TimeMs))
+	if age > MaxAnnouncementAge || age < -MaxAnnouncementAge {
+		return pubsub.ValidationIgnore
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if a.Seq <= v.last[from] {
+		return pubsub.ValidationIgnore // replayed or reordered
+	}
+	v.last[from] = a.Seq
+	m.ValidatorData = &a
+	return pubsub.ValidationAccept
+}

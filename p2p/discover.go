@@ -1,0 +1,133 @@
+package p2p
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// Protocol ids.
+const (
+	ProtoInfer    protocol.ID = "/tokenrouter/infer/1"
+	ProtoSettle   protocol.ID = "/tokenrouter/settle/1"
+	ProtoDiscover protocol.ID = "/tokenrouter/discover/1"
+)
+
+// ErrPeerNotFound is returned when no known peer can tell where a peer is.
+var ErrPeerNotFound = errors.New("p2p: peer not found")
+
+type discoverReply struct {
+	Addrs []string `json:"addrs"`
+}
+
+// serveDiscover answers "where is peer X?" with the addresses this host has
+// for X while it is connected to X (what identify told us).
+func (h *Host) serveDiscover(s network.Stream) {
+	defer s.Close()
+	s.SetDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(s)
+	_, payload, err := ReadFrame(r, nil, 256)
+	if err != nil {
+		s.Reset()
+		return
+	}
+	var reply discoverReply
+	if id, err := peer.Decode(string(payload)); err == nil && h.Network().Connectedness(id) == network.Connected {
+		for _, a := range h.Peerstore().Addrs(id) {
+			reply.Addrs = append(reply.Addrs, a.String())
+		}
+	}
+	out, _ := json.Marshal(reply)
+	w := bufio.NewWriter(s)
+	if WriteFrame(w, FrameJSON, out) != nil || w.Flush() != nil {
+		s.Reset()
+	}
+}
+
+// Find makes sure this host is connected to p: already connected, dialled
+// from known addresses, or dialled after asking the connected bootstrap
+// peers where p is.
+func (h *Host) Find(ctx context.Context, p peer.ID) error {
+	if p == h.ID() {
+		return nil
+	}
+	if h.Network().Connectedness(p) == network.Connected {
+		return nil
+	}
+	if len(h.Peerstore().Addrs(p)) > 0 {
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := h.Connect(dctx, peer.AddrInfo{ID: p})
+		cancel()
+		if err == nil {
+			return nil
+		}
+	}
+	var lastErr error = ErrPeerNotFound
+	for _, b := range h.bootstrap {
+		addrs, err := h.askWhere(ctx, b.ID, p)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if len(addrs) == 0 {
+			continue
+		}
+		h.Peerstore().AddAddrs(p, addrs, peerstore.TempAddrTTL)
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err = h.Connect(dctx, peer.AddrInfo{ID: p, Addrs: addrs})
+		cancel()
+		if err == nil {
+			return nil
+		}
+		lastErr = err
+	}
+	return fmt.Errorf("find %s: %w", p, lastErr)
+}
+
+func (h *Host) askWhere(ctx context.Context, via, p peer.ID) ([]ma.Multiaddr, error) {
+	if h.Network().Connectedness(via) != network.Connected {
+		return nil, fmt.Errorf("bootstrap %s not connected", via)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	s, err := h.NewStream(sctx, via, ProtoDiscover)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	s.SetDeadline(time.Now().Add(5 * time.Second))
+	w := bufio.NewWriter(s)
+	if err := WriteFrame(w, FrameJSON, []byte(p.String())); err != nil {
+		s.Reset()
+		return nil, err
+	}
+	if err := w.Flush(); err != nil {
+		s.Reset()
+		return nil, err
+	}
+	_, payload, err := ReadFrame(bufio.NewReader(s), nil, 64<<10)
+	if err != nil {
+		s.Reset()
+		return nil, err
+	}
+	var reply discoverReply
+	if err := json.Unmarshal(payload, &reply); err != nil {
+		return nil, err
+	}
+	out := make([]ma.Multiaddr, 0, len(reply.Addrs))
+	for _, a := range reply.Addrs {
+		if m, err := ma.NewMultiaddr(a); err == nil {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,16 @@
+// Package p2p is Token-Router's libp2p layer: host and identity, the files a
+// running role writes for scripts (addrs, peer-id, ready, http-addr), peer
+// discovery through bootstrap peers, framed stream protocols and the wire
+// types every role shares (inference requests, load announcements, node
+// claims, receipts and settlement calls).
+//
+// Protocols:
+//
+//	/tokenrouter/infer/1     gateway -> node: one inference call per stream (frames, see frame.go)
+//	/tokenrouter/settle/1    node, gateway -> settlement peer: one JSON request/response per stream
+//	/tokenrouter/discover/1  anyone -> anyone: the addresses a peer knows for another peer
+//
+// GossipSub topics:
+//
+//	tokenrouter/load/1       signed load announcements from nodes (see announce.go)
+package p2p

@@ -1,0 +1,71 @@
+package p2p
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Frame types on /tokenrouter/infer/1 and /tokenrouter/settle/1. A frame is a
+// type byte, a uvarint length and that many payload bytes.
+const (
+	FrameRequest = 'R' // gateway -> node: InferRequest (JSON)
+	FrameBody    = 'B' // gateway -> node: the raw OpenAI request body
+	FrameHeader  = 'H' // node -> gateway: InferHeader (JSON), always first
+	FrameData    = 'D' // node -> gateway: a response body, or one SSE data payload
+	FrameUsage   = 'U' // node -> gateway: the streamed chunk that carries usage
+	FrameTrailer = 'T' // node -> gateway: Trailer (JSON), always last on success
+	FrameJSON    = 'J' // settle protocol: one JSON message
+)
+
+// MaxFrame bounds any single frame; larger frames are a protocol error.
+const MaxFrame = 16 << 20
+
+// ErrFrameTooLarge is returned when a peer announces a frame above the limit.
+var ErrFrameTooLarge = errors.New("p2p: frame too large")
+
+// WriteFrame writes one frame to w (the caller flushes).
+func WriteFrame(w *bufio.Writer, typ byte, payload []byte) error {
+	var hdr [1 + binary.MaxVarintLen64]byte
+	hdr[0] = typ
+	n := binary.PutUvarint(hdr[1:], uint64(len(payload)))
+	if _, err := w.Write(hdr[:1+n]); err != nil {
+		return err
+	}
+	_, err := w.Write(payload)
+	return err
+}
+
+// ReadFrame reads one frame from r. buf is reused when it is large enough;
+// the returned payload aliases it.
+func ReadFrame(r *bufio.Reader, buf []byte, max int) (typ byte, payload []byte, err error) {
+	typ, err = r.ReadByte()
+	if err != nil {
+		return 0, nil, err
+	}
+	n, err := binary.ReadUvarint(r)
+	if err != nil {
+		return 0, nil, unexpected(err)
+	}
+	if n > uint64(max) {
+		return 0, nil, fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, n)
+	}
+	if uint64(cap(buf)) >= n {
+		payload = buf[:n]
+	} else {
+		payload = make([]byte, n)
+	}
+	if _, err := io.ReadFull(r, payload); err != nil {
+		return 0, nil, unexpected(err)
+	}
+	return typ, payload, nil
+}
+
+func unexpected(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}

@@ -1,0 +1,142 @@
+package p2p
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/settlement/economy"
+)
+
+// Settlement operations on /tokenrouter/settle/1.
+const (
+	OpAuth     = "auth"          // api key -> account (with balance)
+	OpAccount  = "account"       // api key -> account state
+	OpPrices   = "prices"        // -> price table
+	OpReceipt  = "receipt"       // receipt -> applied or duplicate
+	OpRegister = "register_node" // node registration -> account
+)
+
+// RPC error codes, stable for callers to switch on.
+const (
+	CodeUnknownKey   = "invalid_api_key"
+	CodeInsufficient = "insufficient_credits"
+	CodeConflict     = "conflict"
+	CodeInvalid      = "invalid_request"
+	CodeInternal     = "internal_error"
+)
+
+// SettleRequest is one call to the settlement peer.
+type SettleRequest struct {
+	Op       string            `json:"op"`
+	APIKey   string            `json:"api_key,omitempty"`
+	Receipt  *Receipt          `json:"receipt,omitempty"`
+	Register *NodeRegistration `json:"register,omitempty"`
+}
+
+// AccountInfo is an account as settlement reports it (integers in µcr).
+type AccountInfo struct {
+	Account        string `json:"account"`
+	BalanceUcr     int64  `json:"balance_ucr"`
+	EarnedUcr      int64  `json:"earned_ucr"`
+	SpentUcr       int64  `json:"spent_ucr"`
+	Calls          int64  `json:"calls"`
+	StartingCredit int64  `json:"starting_credit_ucr"`
+	// Display strings, in credits (1 credit = 1,000,000 µcr).
+	Balance string `json:"balance"`
+	Earned  string `json:"earned"`
+	Spent   string `json:"spent"`
+}
+
+// SettleResponse answers a SettleRequest.
+type SettleResponse struct {
+	Error   *RPCError           `json:"error,omitempty"`
+	Account *AccountInfo        `json:"account,omitempty"`
+	Prices  *economy.PriceTable `json:"prices,omitempty"`
+	Applied bool                `json:"applied,omitempty"` // receipt: false means it was a duplicate
+}
+
+// RPCError is an error the remote side returned on purpose.
+type RPCError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *RPCError) Error() string { return e.Code + ": " + e.Message }
+
+// SettleHandler serves one settlement request from remote.
+type SettleHandler func(ctx context.Context, remote peer.ID, req *SettleRequest) *SettleResponse
+
+// ServeSettle registers handler for /tokenrouter/settle/1 on h.
+func ServeSettle(h *Host, handler SettleHandler) {
+	h.SetStreamHandler(ProtoSettle, func(s network.Stream) {
+		defer s.Close()
+		s.SetDeadline(time.Now().Add(30 * time.Second))
+		_, payload, err := ReadFrame(bufio.NewReader(s), nil, 1<<20)
+		if err != nil {
+			s.Reset()
+			return
+		}
+		var req SettleRequest
+		var resp *SettleResponse
+		if err := json.Unmarshal(payload, &req); err != nil {
+			resp = &SettleResponse{Error: &RPCError{Code: CodeInvalid, Message: "bad request: " + err.Error()}}
+		} else {
+			resp = handler(context.Background(), s.Conn().RemotePeer(), &req)
+		}
+		out, _ := json.Marshal(resp)
+		w := bufio.NewWriter(s)
+		if WriteFrame(w, FrameJSON, out) != nil || w.Flush() != nil {
+			s.Reset()
+		}
+	})
+}
+
+// CallSettle sends req to the settlement peer p and returns its answer. An
+// error the peer returned on purpose comes back as *RPCError.
+func (h *Host) CallSettle(ctx context.Context, p peer.ID, req *SettleRequest) (*SettleResponse, error) {
+	if err := h.Find(ctx, p); err != nil {
+		return nil, err
+	}
+	s, err := h.NewStream(ctx, p, ProtoSettle)
+	if err != nil {
+		return nil, fmt.Errorf("settle: open stream: %w", err)
+	}
+	defer s.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		s.SetDeadline(dl)
+	} else {
+		s.SetDeadline(time.Now().Add(30 * time.Second))
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		s.Reset()
+		return nil, err
+	}
+	w := bufio.NewWriter(s)
+	if err := WriteFrame(w, FrameJSON, body); err != nil {
+		s.Reset()
+		return nil, err
+	}
+	if err := w.Flush(); err != nil {
+		s.Reset()
+		return nil, err
+	}
+	_, payload, err := ReadFrame(bufio.NewReader(s), nil, 4<<20)
+	if err != nil {
+		s.Reset()
+		return nil, fmt.Errorf("settle: read answer: %w", err)
+	}
+	var resp SettleResponse
+	if err := json.Unmarshal(payload, &resp); err != nil {
+		return nil, fmt.Errorf("settle: bad answer: %w", err)
+	}
+	if resp.Error != nil {
+		return &resp, resp.Error
+	}
+	return &resp, nil
+}

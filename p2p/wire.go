@@ -1,0 +1,170 @@
+package p2p
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/settlement/economy"
+)
+
+// InferRequest opens a /tokenrouter/infer/1 stream. The OpenAI body follows
+// in a FrameBody frame.
+type InferRequest struct {
+	RequestID string `json:"request_id"`
+	Path      string `json:"path"` // upstream path, e.g. "/chat/completions"
+	Model     string `json:"model"`
+	Stream    bool   `json:"stream"`
+}
+
+// InferHeader is the node's first answer: the upstream status. A 429 means
+// the node is full (not a failure); 5xx is a node failure; other 4xx are the
+// consumer's doing and neutral.
+type InferHeader struct {
+	Status int    `json:"status"`
+	Node   string `json:"node"`
+}
+
+// Trailer ends a successful call: what the node claims it served, signed.
+type Trailer struct {
+	Claim NodeClaim `json:"claim"`
+	Sig   []byte    `json:"sig"`
+}
+
+// NodeClaim is what a node signs about one call it served.
+type NodeClaim struct {
+	RequestID        string `json:"request_id"`
+	Model            string `json:"model"`
+	Node             string `json:"node"`
+	Gateway          string `json:"gateway"`
+	PromptTokens     int64  `json:"prompt_tokens"`
+	CompletionTokens int64  `json:"completion_tokens"`
+	Estimated        bool   `json:"estimated,omitempty"` // the engine reported no usage; counted by the node
+}
+
+// Domain-separation prefixes for everything a peer key signs.
+const (
+	claimDomain    = "tokenrouter/node-claim/1\n"
+	receiptDomain  = "tokenrouter/receipt/1\n"
+	registerDomain = "tokenrouter/register-node/1\n"
+)
+
+// SigningBytes is the exact byte string a node signs for this claim.
+func (c NodeClaim) SigningBytes() []byte {
+	b, _ := json.Marshal(c) // struct of strings and ints: cannot fail
+	return append([]byte(claimDomain), b...)
+}
+
+// Receipt is the record of one paid call that a gateway sends to settlement.
+// It carries the node's signed claim; billed tokens never exceed it.
+type Receipt struct {
+	RequestID        string        `json:"request_id"`
+	Model            string        `json:"model"`
+	Consumer         string        `json:"consumer"` // the paying account
+	Node             string        `json:"node"`     // the serving node's peer id
+	Gateway          string        `json:"gateway"`  // the gateway's peer id
+	PromptTokens     int64         `json:"prompt_tokens"`
+	CompletionTokens int64         `json:"completion_tokens"` // delivered, <= Claim.CompletionTokens
+	Price            economy.Price `json:"price"`
+	CostUcr          int64         `json:"cost_ucr"`
+	TimeMs           int64         `json:"time_ms"`
+	Claim            NodeClaim     `json:"claim"`
+	NodeSig          []byte        `json:"node_sig"`
+	GatewaySig       []byte        `json:"gateway_sig,omitempty"`
+}
+
+// Errors from receipt checks.
+var (
+	ErrBadSignature = errors.New("p2p: bad signature")
+	ErrBadReceipt   = errors.New("p2p: inconsistent receipt")
+)
+
+// SigningBytes is the exact byte string a gateway signs: the receipt without
+// its own signature. It is also the receipt's idempotency payload.
+func (r *Receipt) SigningBytes() []byte {
+	c := *r
+	c.GatewaySig = nil
+	b, _ := json.Marshal(&c)
+	return append([]byte(receiptDomain), b...)
+}
+
+// Sign sets GatewaySig with the gateway's key.
+func (r *Receipt) Sign(key crypto.PrivKey) error {
+	sig, err := key.Sign(r.SigningBytes())
+	if err != nil {
+		return err
+	}
+	r.GatewaySig = sig
+	return nil
+}
+
+// Verify checks both signatures and that the receipt agrees with the node's
+// claim: same call, same input tokens, billed output not above the claim.
+func (r *Receipt) Verify() error {
+	c := r.Claim
+	if c.RequestID != r.RequestID || c.Model != r.Model || c.Node != r.Node || c.Gateway != r.Gateway {
+		return fmt.Errorf("%w: claim is for another call", ErrBadReceipt)
+	}
+	if r.PromptTokens < 0 || r.CompletionTokens < 0 || r.CostUcr < 0 {
+		return fmt.Errorf("%w: negative amounts", ErrBadReceipt)
+	}
+	if r.PromptTokens > c.PromptTokens || r.CompletionTokens > c.CompletionTokens {
+		return fmt.Errorf("%w: billed tokens exceed the node's claim", ErrBadReceipt)
+	}
+	if err := verifyBy(r.Node, c.SigningBytes(), r.NodeSig); err != nil {
+		return fmt.Errorf("node signature: %w", err)
+	}
+	if err := verifyBy(r.Gateway, r.SigningBytes(), r.GatewaySig); err != nil {
+		return fmt.Errorf("gateway signature: %w", err)
+	}
+	return nil
+}
+
+// SignClaim signs a node claim with the node's key.
+func SignClaim(key crypto.PrivKey, c NodeClaim) ([]byte, error) {
+	return key.Sign(c.SigningBytes())
+}
+
+func verifyBy(peerID string, data, sig []byte) error {
+	id, err := peer.Decode(peerID)
+	if err != nil {
+		return fmt.Errorf("%w: bad peer id: %v", ErrBadSignature, err)
+	}
+	pub, err := id.ExtractPublicKey()
+	if err != nil {
+		return fmt.Errorf("%w: no public key in peer id: %v", ErrBadSignature, err)
+	}
+	ok, err := pub.Verify(data, sig)
+	if err != nil || !ok {
+		return ErrBadSignature
+	}
+	return nil
+}
+
+// NodeRegistration links a node's peer id to the account owning an API key.
+// The node signs it with its peer key.
+type NodeRegistration struct {
+	Node    string `json:"node"`
+	APIKey  string `json:"api_key"` // travels only on the encrypted stream to the settlement peer
+	TimeMs  int64  `json:"time_ms"`
+	NodeSig []byte `json:"node_sig"`
+}
+
+func (r *NodeRegistration) signingBytes() []byte {
+	sum := sha256.Sum256([]byte(r.APIKey))
+	return fmt.Appendf([]byte(registerDomain), "%s\n%s\n%d", r.Node, hex.EncodeToString(sum[:]), r.TimeMs)
+}
+
+// Sign signs the registration with the node's key.
+func (r *NodeRegistration) Sign(key crypto.PrivKey) error {
+	sig, err := key.Sign(r.signingBytes())
+	r.NodeSig = sig
+	return err
+}
+
+// Verify checks the node's signature.
+func (r *NodeRegistration) Verify() error { return verifyBy(r.Node, r.signingBytes(), r.NodeSig) }

@@ -1,0 +1,106 @@
+package ledger
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// Page sizes for Transactions.
+const (
+	// DefaultTxPageSize is used when Transactions is given limit <= 0.
+	DefaultTxPageSize = 50
+	// MaxTxPageSize caps one page, keeping a request's disk reads bounded.
+	MaxTxPageSize = 1000
+)
+
+// TxRecord is one applied transfer, as stored under t/<seq>.
+type TxRecord struct {
+	// Seq numbers transfers in commit order, from 1.
+	Seq uint64 `json:"seq"`
+	// Key is the posting's idempotency key (e.g. the request id), or
+	// "grant:<account>" for a starting grant.
+	Key    string    `json:"ref"`
+	From   string    `json:"from"`
+	To     string    `json:"to"`
+	Amount int64     `json:"amount_ucr"`
+	Kind   string    `json:"kind"`
+	Time   time.Time `json:"time"`
+}
+
+// Transactions lists the transfers into or out of account, newest first.
+// cursor "" starts at the newest; otherwise pass the cursor a previous call
+// returned. It returns at most limit records (DefaultTxPageSize if limit <= 0,
+// at most MaxTxPageSize) and the cursor of the next page, "" at the end.
+// Only durable transfers are listed. A malformed cursor is ErrInvalid.
+func (l *Ledger) Transactions(account, cursor string, limit int) ([]TxRecord, string, error) {
+	if limit <= 0 {
+		limit = DefaultTxPageSize
+	}
+	limit = min(limit, MaxTxPageSize)
+
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return nil, "", ErrClosed
+	}
+	if _, ok := l.accounts[account]; !ok {
+		return nil, "", fmt.Errorf("%w: %q", ErrUnknownAccount, account)
+	}
+	// Transfers at or past nextSeq may be in Pebble but not yet synced.
+	before := l.nextSeq
+	if cursor != "" {
+		seq, err := parseSeq(cursor)
+		if err != nil {
+			return nil, "", fmt.Errorf("%w: cursor: %v", ErrInvalid, err)
+		}
+		before = min(seq, before)
+	}
+
+	prefix := indexPrefix(account)
+	it, err := l.db.NewIter(&pebble.IterOptions{
+		LowerBound: []byte(prefix),
+		UpperBound: indexKey(account, before),
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("ledger: transactions: %w", err)
+	}
+	defer it.Close()
+
+	var out []TxRecord
+	next := ""
+	for valid := it.Last(); valid; valid = it.Prev() {
+		seq, err := parseSeq(string(it.Key()[len(prefix):]))
+		if err != nil {
+			return nil, "", fmt.Errorf("%w: index key %q", ErrCorrupt, it.Key())
+		}
+		if len(out) == limit {
+			next = seqString(out[len(out)-1].Seq)
+			break
+		}
+		rec, err := l.readTx(seq)
+		if err != nil {
+			return nil, "", err
+		}
+		out = append(out, rec)
+	}
+	if err := it.Error(); err != nil {
+		return nil, "", fmt.Errorf("ledger: transactions: %w", err)
+	}
+	return out, next, nil
+}
+
+func (l *Ledger) readTx(seq uint64) (TxRecord, error) {
+	v, closer, err := l.db.Get(txKey(seq))
+	if err != nil {
+		return TxRecord{}, fmt.Errorf("%w: transfer %d: %v", ErrCorrupt, seq, err)
+	}
+	defer closer.Close()
+	var rec TxRecord
+	if err := json.Unmarshal(v, &rec); err != nil || rec.Seq != seq {
+		return TxRecord{}, fmt.Errorf("%w: transfer record %d", ErrCorrupt, seq)
+	}
+	return rec, nil
+}

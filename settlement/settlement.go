@@ -1,0 +1,143 @@
+// Package settlement is the platform peer: it keeps the books. It serves
+// accounts over HTTP (POST /v1/accounts, GET /v1/account), answers nodes and
+// gateways over /tokenrouter/settle/1 (API key checks, prices, node
+// registration) and takes receipts, committing each paid call's 80/20 split
+// to the Pebble ledger in one fsync'd batch before acknowledging it.
+package settlement
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tokenrouter/tokenrouter/p2p"
+	"github.com/tokenrouter/tokenrouter/settlement/economy"
+	"github.com/tokenrouter/tokenrouter/settlement/ledger"
+)
+
+// Config configures the settlement peer.
+type Config struct {
+	Host           *p2p.Host
+	Ledger         *ledger.Ledger
+	Prices         economy.PriceTable
+	HTTPAddr       string        // "" = no HTTP API
+	ProviderBps    int64         // provider's share of every paid call, in basis points
+	StartingCredit int64         // µcr granted to every new account
+	SignupLimit    int           // accounts per client address per SignupWindow; 0 = unlimited
+	SignupWindow   time.Duration // the window SignupLimit counts over
+	Logger         *slog.Logger  // nil = discard
+}
+
+// DefaultConfig returns the defaults; Host and Ledger must be set.
+func DefaultConfig() Config {
+	return Config{
+		Prices:         economy.DefaultPriceTable(),
+		ProviderBps:    economy.DefaultProviderBps, // SPEC §5: 80% to the provider
+		StartingCredit: economy.StartingCreditUcr,  // SPEC §2: 5.000000 credits
+		SignupLimit:    5,                          // SPEC §2: 5 an hour per client address
+		SignupWindow:   time.Hour,
+	}
+}
+
+// Validate reports a configuration the peer cannot run with.
+func (c *Config) Validate() error {
+	switch {
+	case c.Host == nil:
+		return errors.New("settlement: a host is required")
+	case c.Ledger == nil:
+		return errors.New("settlement: a ledger is required")
+	case c.ProviderBps < 0 || c.ProviderBps > 10000:
+		return fmt.Errorf("settlement: provider share %d bps is outside 0..10000", c.ProviderBps)
+	case c.StartingCredit < 0:
+		return errors.New("settlement: starting credit cannot be negative")
+	case c.SignupLimit < 0:
+		return errors.New("settlement: signup limit cannot be negative")
+	}
+	return nil
+}
+
+// Settlement is a running settlement peer.
+type Settlement struct {
+	cfg     Config
+	log     *slog.Logger
+	led     *ledger.Ledger
+	signups *rateLimiter
+	reg     *prometheus.Registry
+	metrics metrics
+}
+
+// New checks cfg and returns a settlement peer ready to Run.
+func New(cfg Config) (*Settlement, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Settlement{
+		cfg:     cfg,
+		log:     log,
+		led:     cfg.Ledger,
+		signups: newRateLimiter(cfg.SignupLimit, cfg.SignupWindow),
+		reg:     prometheus.NewRegistry(),
+	}
+	s.metrics = newMetrics(s.reg)
+	return s, nil
+}
+
+// Run serves the settlement protocol and, with HTTPAddr, the HTTP API until
+// ctx ends. ready is called with the bound HTTP address ("" without HTTP).
+func (s *Settlement) Run(ctx context.Context, ready func(httpAddr string)) error {
+	p2p.ServeSettle(s.cfg.Host, s.handle)
+	defer s.cfg.Host.RemoveStreamHandler(p2p.ProtoSettle)
+	if s.cfg.HTTPAddr == "" {
+		if ready != nil {
+			ready("")
+		}
+		<-ctx.Done()
+		return nil
+	}
+	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("settlement: listen %s: %w", s.cfg.HTTPAddr, err)
+	}
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	s.log.Info("settlement HTTP up", "addr", ln.Addr().String())
+	if ready != nil {
+		ready(ln.Addr().String())
+	}
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	case err := <-errc:
+		return err
+	}
+}
+
+// Ledger is the peer's ledger.
+func (s *Settlement) Ledger() *ledger.Ledger { return s.led }
+
+// accountInfo renders an account for the wire and the HTTP API.
+func accountInfo(a ledger.AccountState) *p2p.AccountInfo {
+	return &p2p.AccountInfo{
+		Account:        a.ID,
+		BalanceUcr:     a.Balance,
+		EarnedUcr:      a.Earned,
+		SpentUcr:       a.Spent,
+		Calls:          a.Calls,
+		StartingCredit: a.StartingCredit,
+		Balance:        economy.FormatCredits(a.Balance),
+		Earned:         economy.FormatCredits(a.Earned),
+		Spent:          economy.FormatCredits(a.Spent),
+	}
+}
