@@ -29,6 +29,8 @@ type MeshOptions struct {
 	Capacity    int           // per node; 0 = the node default
 	Logger      *slog.Logger  // nil = discard
 	ReadyWait   time.Duration // how long to wait for each role
+	OperatorKey string        // reuse this account for the nodes if the ledger knows it
+	DemoKey     string        // reuse this consumer account if the ledger knows it
 }
 
 // Mesh is a running local mesh.
@@ -122,12 +124,12 @@ func StartMesh(parent context.Context, o MeshOptions) (*Mesh, error) {
 	}
 	m.SettleURL = "http://" + settleHTTP
 
-	op, err := CreateAccount(ctx, m.SettleURL)
+	op, err := reuseOrCreate(ctx, m.SettleURL, o.OperatorKey)
 	if err != nil {
 		return fail(err)
 	}
 	m.OperatorKey, m.OperatorID = op.APIKey, op.Account
-	demo, err := CreateAccount(ctx, m.SettleURL)
+	demo, err := reuseOrCreate(ctx, m.SettleURL, o.DemoKey)
 	if err != nil {
 		return fail(err)
 	}
@@ -281,6 +283,25 @@ func CreateAccount(ctx context.Context, settleURL string) (*AccountResponse, err
 		return nil, fmt.Errorf("create account: %w", err)
 	}
 	return &a, nil
+}
+
+// reuseOrCreate returns the account of key if the settlement peer knows it,
+// else a new account.
+func reuseOrCreate(ctx context.Context, settleURL, key string) (*AccountResponse, error) {
+	if key != "" {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, settleURL+"/v1/account", nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			var a AccountResponse
+			ok := resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&a) == nil
+			resp.Body.Close()
+			if ok {
+				a.APIKey = key
+				return &a, nil
+			}
+		}
+	}
+	return CreateAccount(ctx, settleURL)
 }
 
 // WaitInstances polls the gateway's /v1/models until it lists at least n

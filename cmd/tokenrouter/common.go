@@ -1,0 +1,28 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+	"github.com/tokenrouter/tokenrouter/internal/launch"
+)
+
+// p2pFlags are the flags of every long-running libp2p role (SPEC §7).
+type p2pFlags struct {
+	data      string
+	listen    []string
+	bootstrap []string
+}
+
+func (p *p2pFlags) register(cmd *cobra.Command, role string, listen []string) {
+	f := cmd.Flags()
+	f.StringVar(&p.data, "data", defaultData(role), "data directory: identity key, state, and the addrs/peer-id/ready files scripts wait on")
+	f.StringArrayVar(&p.listen, "listen", listen, "libp2p multiaddr to listen on (repeatable)")
+	f.StringArrayVar(&p.bootstrap, "bootstrap", nil, "multiaddr of a bootstrap peer, with /p2p/<id> (repeatable)")
+}
+
+func (p *p2pFlags) common(g *globals) (launch.Common, error) {
+	log, err := g.logger()
+	if err != nil {
+		return launch.Common{}, err
+	}
+	return launch.Common{Data: p.data, Listen: p.listen, Bootstrap: p.bootstrap, Logger: log}, nil
+}

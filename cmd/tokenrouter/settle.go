@@ -1,0 +1,36 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+	"github.com/tokenrouter/tokenrouter/internal/launch"
+	"github.com/tokenrouter/tokenrouter/p2p"
+)
+
+func newSettleCmd(g *globals) *cobra.Command {
+	var p p2pFlags
+	o := launch.SettleOptions{}
+	cmd := &cobra.Command{
+		Use:   "settle",
+		Short: "Run the platform settlement peer: accounts, API keys, the Pebble ledger",
+		Long: `Run the platform settlement peer. It keeps the ledger (Pebble, in <data>/ledger),
+opens accounts with the starting credit (POST /v1/accounts), answers
+GET /v1/account, checks API keys for gateways, links nodes to accounts and
+commits every paid call's split from the receipts gateways send.`,
+		Example: "  tokenrouter settle --data D --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --http 127.0.0.1:8090",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := p.common(g)
+			if err != nil {
+				return err
+			}
+			o.Common = c
+			return launch.Settle(cmd.Context(), o)
+		},
+	}
+	p.register(cmd, "settle", p2p.DefaultListen)
+	f := cmd.Flags()
+	f.StringVar(&o.HTTP, "http", "127.0.0.1:8090", "HOST:PORT for the HTTP API (accounts)")
+	f.StringVar(&o.PricesFile, "prices", "", "price table file (JSON or YAML): µcr per 1M input/output tokens per model")
+	f.IntVar(&o.SignupLimit, "signup-limit", 5, "accounts one client address may create per hour (0 = unlimited)")
+	return cmd
+}
