@@ -20,6 +20,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tokenrouter/tokenrouter/gateway/route"
 	"github.com/tokenrouter/tokenrouter/p2p"
 	"github.com/tokenrouter/tokenrouter/settlement/economy"
 )
@@ -41,6 +42,7 @@ type Config struct {
 	MaxCallTime   time.Duration // how long one call may take in all
 	AuthTTL       time.Duration // how long a checked API key (and its balance) is trusted
 	PriceRefresh  time.Duration // how often the price table is fetched again
+	Route         route.Config  // the routing policy (SPEC §4)
 	Logger        *slog.Logger  // nil = discard
 }
 
@@ -53,6 +55,7 @@ func DefaultConfig() Config {
 		MaxCallTime:   30 * time.Minute, // long generations at a few tok/s finish
 		AuthTTL:       2 * time.Second,  // a revoked key or spent balance is seen within 2 s
 		PriceRefresh:  time.Minute,      // price tables change rarely
+		Route:         route.DefaultConfig(),
 	}
 }
 
@@ -66,7 +69,7 @@ func (c *Config) Validate() error {
 	case c.MaxBody <= 0 || c.MaxRetries < 0 || c.HeaderTimeout <= 0 || c.MaxCallTime <= 0 || c.AuthTTL <= 0 || c.PriceRefresh <= 0:
 		return errors.New("gateway: limits and timeouts must be positive")
 	}
-	return nil
+	return c.Route.Validate()
 }
 
 // Gateway is a running gateway.
@@ -97,7 +100,7 @@ func New(cfg Config) (*Gateway, error) {
 	g := &Gateway{
 		cfg:  cfg,
 		log:  log,
-		view: NewView(time.Now, p2p.MaxAnnouncementAge, binary.LittleEndian.Uint64(seed[:])),
+		view: NewView(cfg.Route, time.Now, p2p.MaxAnnouncementAge, binary.LittleEndian.Uint64(seed[:])),
 		reg:  prometheus.NewRegistry(),
 	}
 	g.metrics = newMetrics(g.reg)
@@ -127,6 +130,7 @@ func (g *Gateway) Run(ctx context.Context, ready func(httpAddr string)) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { g.view.follow(ctx, g.cfg.Host, sub) })
+	wg.Go(func() { g.view.expireLoop(ctx, time.Second) })
 
 	if err := g.refreshPrices(ctx); err != nil {
 		return err

@@ -25,6 +25,7 @@ func (g *Gateway) Handler() http.Handler {
 		w.Write([]byte(`{"status":"ok","role":"gateway"}` + "\n"))
 	}))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /debug/instances", g.withRequestID(g.debugInstances))
 	mux.HandleFunc("/", g.withRequestID(func(w http.ResponseWriter, r *http.Request) {
 		openai.WriteError(w, http.StatusNotFound, "invalid_request_error", "", "unknown_url",
 			"unknown request URL: "+r.Method+" "+r.URL.Path)
@@ -118,4 +119,17 @@ func (g *Gateway) account(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(resp.Account)
+}
+
+// debugInstances shows every instance as this gateway's router sees it:
+// spare capacity, tok/s, breaker state, ramp-up and health score. It holds
+// nothing secret: the same facts travel in gossip.
+func (g *Gateway) debugInstances(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(struct {
+		Gateway string      `json:"gateway"`
+		Models  []ModelInfo `json:"models"`
+	}{g.cfg.Host.ID().String(), g.view.Models()})
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/gateway/route"
 	"github.com/tokenrouter/tokenrouter/internal/openai"
 	"github.com/tokenrouter/tokenrouter/p2p"
 )
@@ -116,6 +117,11 @@ type forwardCall struct {
 	key       string
 	account   string
 	wantUsage bool
+
+	// What the current attempt tells the routing table.
+	outcome route.Outcome
+	tokens  int64         // content chunks relayed on a stream
+	span    time.Duration // from the first to the last of them
 }
 
 // attemptError says why an attempt on one instance failed before the first
@@ -131,16 +137,26 @@ func (e *attemptError) Error() string { return fmt.Sprintf("status %d: %v", e.st
 // run tries up to 1+MaxRetries instances, never the same node twice.
 func (c *forwardCall) run() int {
 	g := c.g
-	tried := map[peer.ID]bool{}
+	var tried []peer.ID
 	var last *attemptError
 	for attempt := 0; attempt <= g.cfg.MaxRetries; attempt++ {
-		node, release, ok := g.view.Acquire(c.meta.Model, tried)
+		node, lease, ok := g.view.Acquire(c.meta.Model, tried)
 		if !ok {
 			break
 		}
-		tried[node] = true
+		tried = append(tried, node)
+		c.outcome, c.tokens, c.span = route.Success, 0, 0
 		status, aerr := c.attempt(node)
-		release()
+		if aerr != nil {
+			c.outcome = route.Failure
+			if aerr.full {
+				c.outcome = route.Full
+			}
+		}
+		if c.r.Context().Err() != nil && c.outcome == route.Failure {
+			c.outcome = route.Neutral // the client left: says nothing of the node
+		}
+		lease.Done(c.outcome, c.tokens, c.span)
 		if aerr == nil {
 			return status
 		}
@@ -217,6 +233,7 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 		return 0, &attemptError{status: h.Status, err: errors.New(readErrorMessage(br))}
 	case h.Status != http.StatusOK:
 		// The consumer's input was refused: neutral for the node, relayed as is.
+		c.outcome = route.Neutral
 		typ, payload, err := p2p.ReadFrame(br, nil, p2p.MaxFrame)
 		if err != nil || typ != p2p.FrameData {
 			return 0, &attemptError{status: h.Status, err: fmt.Errorf("error body lost: %v", err)}

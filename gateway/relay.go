@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/tokenrouter/tokenrouter/gateway/route"
 	"github.com/tokenrouter/tokenrouter/nodecore/engine"
 	"github.com/tokenrouter/tokenrouter/p2p"
 	"github.com/tokenrouter/tokenrouter/settlement/economy"
@@ -102,6 +103,8 @@ func (rl *relay) stream() (int, *attemptError) {
 		trailer    *p2p.Trailer
 		broken     error
 		buf        []byte
+		first      time.Time
+		last       time.Time
 	)
 	for {
 		switch typ {
@@ -113,6 +116,10 @@ func (rl *relay) stream() (int, *attemptError) {
 				}
 				if engine.ChunkHasContent(payload) {
 					delivered++
+					last = time.Now()
+					if first.IsZero() {
+						first = last
+					}
 				}
 			}
 		case p2p.FrameUsage:
@@ -133,6 +140,13 @@ func (rl *relay) stream() (int, *attemptError) {
 		}
 	}
 	clientGone := c.r.Context().Err() != nil
+	c.tokens, c.span = delivered, last.Sub(first)
+	switch {
+	case clientGone:
+		c.outcome = route.Neutral
+	case trailer == nil:
+		c.outcome = route.Failure
+	}
 	if trailer == nil {
 		rl.s.Reset()
 		c.g.metrics.upstreamFailures.Inc()

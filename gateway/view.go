@@ -12,21 +12,24 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/multiformats/go-multiaddr"
 	"github.com/tokenrouter/tokenrouter/gateway/route"
+	"github.com/tokenrouter/tokenrouter/nodecore"
 	"github.com/tokenrouter/tokenrouter/p2p"
 )
 
-// View is the gateway's picture of the network: the latest announcement of
-// every node, plus this gateway's own in-flight calls per instance.
+// View is the gateway's picture of the network: one routing table per
+// model, fed by gossiped announcements, the settlement peer's health
+// scores, and the outcome of every call this gateway made.
 type View struct {
-	now    func() time.Time
-	maxAge time.Duration
+	now       func() time.Time
+	maxAge    time.Duration
+	rampStart float64 // ramp assumed for an instance settlement has not scored yet
 
-	mu    sync.Mutex
-	nodes map[peer.ID]*nodeEntry
-	local map[instanceKey]int
-	rnd   *rand.Rand
-	cands []route.Candidate // scratch, reused under mu
-	keys  []instanceKey
+	mu     sync.Mutex
+	rcfg   route.Config
+	rnd    *rand.Rand
+	tables map[string]*route.Table
+	nodes  map[peer.ID]*nodeEntry
+	health map[instanceKey]p2p.InstanceScore
 }
 
 type instanceKey struct {
@@ -39,139 +42,247 @@ type nodeEntry struct {
 	seen time.Time
 }
 
-// NewView returns an empty view; announcements older than maxAge are not candidates.
-func NewView(now func() time.Time, maxAge time.Duration, seed uint64) *View {
+// NewView returns an empty view; announcements older than maxAge drop out.
+func NewView(rcfg route.Config, now func() time.Time, maxAge time.Duration, seed uint64) *View {
 	return &View{
-		now:    now,
-		maxAge: maxAge,
-		nodes:  map[peer.ID]*nodeEntry{},
-		local:  map[instanceKey]int{},
-		rnd:    rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+		now:       now,
+		maxAge:    maxAge,
+		rampStart: nodecore.DefaultRampConfig().Start,
+		rcfg:      rcfg,
+		rnd:       rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+		tables:    map[string]*route.Table{},
+		nodes:     map[peer.ID]*nodeEntry{},
+		health:    map[instanceKey]p2p.InstanceScore{},
 	}
 }
 
-// Update records an announcement.
+func (v *View) table(model string) *route.Table {
+	t := v.tables[model]
+	if t == nil {
+		t, _ = route.NewTable(v.rcfg, v.rnd) // rcfg was validated in New
+		v.tables[model] = t
+	}
+	return t
+}
+
+// Update records a node's announcement.
 func (v *View) Update(id peer.ID, a *p2p.Announcement) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.nodes[id] = &nodeEntry{ann: *a, seen: v.now()}
-}
-
-// Forget drops a node (it failed to answer, or left).
-func (v *View) Forget(id peer.ID) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	delete(v.nodes, id)
-}
-
-func (v *View) live(e *nodeEntry, now time.Time) bool { return now.Sub(e.seen) <= v.maxAge }
-
-// HasModel reports whether any live instance serves model.
-func (v *View) HasModel(model string) bool {
-	v.mu.Lock()
-	defer v.mu.Unlock()
 	now := v.now()
-	for _, e := range v.nodes {
-		if !v.live(e, now) {
-			continue
-		}
-		for _, m := range e.ann.Models {
-			if m.Model == model {
-				return true
+	old := v.nodes[id]
+	v.nodes[id] = &nodeEntry{ann: *a, seen: now}
+	if old != nil {
+		for _, m := range old.ann.Models {
+			if !serves(a, m.Model) {
+				v.removeInstance(id, m.Model)
 			}
+		}
+	}
+	for _, m := range a.Models {
+		v.apply(id, m, a.TokPerSec, now)
+	}
+}
+
+func serves(a *p2p.Announcement, model string) bool {
+	for _, m := range a.Models {
+		if m.Model == model {
+			return true
 		}
 	}
 	return false
 }
 
-// Acquire picks an instance of model (skipping nodes in exclude) and counts a
-// call in flight to it; release must be called when the call ends.
-func (v *View) Acquire(model string, exclude map[peer.ID]bool) (node peer.ID, release func(), ok bool) {
+// apply pushes an instance's load and health into its table.
+func (v *View) apply(id peer.ID, m p2p.ModelLoad, tokPerSec float64, now time.Time) {
+	t := v.table(m.Model)
+	h := t.Add(id.String())
+	ramp := v.rampStart
+	if s, ok := v.health[instanceKey{id, m.Model}]; ok {
+		ramp = s.Ramp
+		t.SetHealth(h, s.Score)
+	}
+	t.SetLoad(h, nodecore.EffectiveCapacity(m.Capacity, ramp), m.InFlight, tokPerSec, now)
+}
+
+func (v *View) removeInstance(id peer.ID, model string) {
+	if t := v.tables[model]; t != nil {
+		if h, ok := t.Lookup(id.String()); ok {
+			t.Remove(h)
+		}
+		if t.Len() == 0 {
+			delete(v.tables, model)
+		}
+	}
+}
+
+// Forget drops a node (it left, or its connection closed).
+func (v *View) Forget(id peer.ID) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.forget(id)
+}
+
+func (v *View) forget(id peer.ID) {
+	e := v.nodes[id]
+	if e == nil {
+		return
+	}
+	for _, m := range e.ann.Models {
+		v.removeInstance(id, m.Model)
+	}
+	delete(v.nodes, id)
+}
+
+// expire drops nodes whose last announcement is older than maxAge.
+func (v *View) expire() {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	now := v.now()
-	v.cands, v.keys = v.cands[:0], v.keys[:0]
 	for id, e := range v.nodes {
-		if !v.live(e, now) {
+		if now.Sub(e.seen) > v.maxAge {
+			v.forget(id)
+		}
+	}
+}
+
+// SetScores records the settlement peer's health scores and ramp-up.
+func (v *View) SetScores(scores []p2p.InstanceScore) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	now := v.now()
+	for _, s := range scores {
+		id, err := peer.Decode(s.Node)
+		if err != nil {
 			continue
 		}
-		for _, m := range e.ann.Models {
-			if m.Model != model {
-				continue
+		v.health[instanceKey{id, s.Model}] = s
+		if e := v.nodes[id]; e != nil {
+			for _, m := range e.ann.Models {
+				if m.Model == s.Model {
+					v.apply(id, m, e.ann.TokPerSec, now)
+				}
 			}
-			k := instanceKey{id, model}
-			v.keys = append(v.keys, k)
-			v.cands = append(v.cands, route.Candidate{
-				ID: id.String(), Capacity: m.Capacity, InFlight: m.InFlight,
-				Local: v.local[k], Excluded: exclude[id],
-			})
 		}
 	}
-	i := route.Pick(v.cands, route.DefaultTieBand, v.rnd)
-	if i < 0 {
+}
+
+// HasModel reports whether any live instance serves model.
+func (v *View) HasModel(model string) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	t := v.tables[model]
+	return t != nil && t.Len() > 0
+}
+
+// Lease is one call's hold on an instance; Done must be called once.
+type Lease struct {
+	v     *View
+	model string
+	id    string
+	h     route.Handle
+	once  sync.Once
+}
+
+// Acquire picks an instance of model, skipping nodes already tried, and
+// counts the call in flight on it.
+func (v *View) Acquire(model string, tried []peer.ID) (peer.ID, *Lease, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	t := v.tables[model]
+	if t == nil {
 		return "", nil, false
 	}
-	k := v.keys[i]
-	v.local[k]++
-	var once sync.Once
-	return k.node, func() {
-		once.Do(func() {
-			v.mu.Lock()
-			defer v.mu.Unlock()
-			if v.local[k]--; v.local[k] <= 0 {
-				delete(v.local, k)
-			}
-		})
-	}, true
+	var buf [4]route.Handle
+	exclude := buf[:0]
+	for _, id := range tried {
+		if h, ok := t.Lookup(id.String()); ok {
+			exclude = append(exclude, h)
+		}
+	}
+	h := t.Pick(v.now(), exclude)
+	if h == route.None {
+		return "", nil, false
+	}
+	info, _ := t.Info(h, v.now())
+	id, err := peer.Decode(info.ID)
+	if err != nil { // cannot happen: ids come from peer.ID.String
+		t.Release(h, route.Neutral, v.now())
+		return "", nil, false
+	}
+	return id, &Lease{v: v, model: model, id: info.ID, h: h}, true
 }
 
-// ModelInfo summarises one model for /v1/models.
-type ModelInfo struct {
-	ID        string
-	Instances []InstanceInfo
+// Done ends the call with its outcome; tokens and span, when the call was a
+// stream, are what the gateway measured between first and last token.
+func (l *Lease) Done(o route.Outcome, tokens int64, span time.Duration) {
+	l.once.Do(func() {
+		v := l.v
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		t := v.tables[l.model]
+		if t == nil {
+			return
+		}
+		if h, ok := t.Lookup(l.id); !ok || h != l.h {
+			return // the instance left and its handle may serve another now
+		}
+		now := v.now()
+		t.Release(l.h, o, now)
+		if tokens >= 2 {
+			t.ObserveRate(l.h, tokens, span, now)
+		}
+	})
 }
 
-// InstanceInfo is one live instance as the gateway sees it.
+// InstanceInfo is one live instance as this gateway sees it.
 type InstanceInfo struct {
 	Node      string  `json:"node"`
-	Capacity  int     `json:"capacity"`
-	InFlight  int     `json:"in_flight"`
-	Local     int     `json:"gateway_in_flight"`
-	Spare     float64 `json:"spare_capacity"`
-	TokPerSec float64 `json:"tok_s"`
 	Hardware  string  `json:"hardware,omitempty"`
 	Synthetic bool    `json:"synthetic,omitempty"`
+	Declared  int     `json:"capacity"`
+	RampUp    float64 `json:"ramp_up"`      // fraction of declared capacity it may use
+	Health    float64 `json:"health_score"` // the settlement peer's score; 0 until scored
 	AgeMs     int64   `json:"announced_ms_ago"`
+	route.Info
 }
 
-// Models lists every model with at least one live instance, sorted by id.
+// ModelInfo is one model and its live instances.
+type ModelInfo struct {
+	ID        string         `json:"id"`
+	Instances []InstanceInfo `json:"instances"`
+}
+
+// Models lists every model with a live instance, sorted by id.
 func (v *View) Models() []ModelInfo {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	now := v.now()
-	byModel := map[string]*ModelInfo{}
-	for id, e := range v.nodes {
-		if !v.live(e, now) {
-			continue
-		}
-		for _, m := range e.ann.Models {
-			mi := byModel[m.Model]
-			if mi == nil {
-				mi = &ModelInfo{ID: m.Model}
-				byModel[m.Model] = mi
+	out := make([]ModelInfo, 0, len(v.tables))
+	for model, t := range v.tables {
+		mi := ModelInfo{ID: model}
+		for _, h := range t.Handles() {
+			ri, ok := t.Info(h, now)
+			if !ok {
+				continue
 			}
-			c := route.Candidate{Capacity: m.Capacity, InFlight: m.InFlight, Local: v.local[instanceKey{id, m.Model}]}
-			mi.Instances = append(mi.Instances, InstanceInfo{
-				Node: id.String(), Capacity: m.Capacity, InFlight: m.InFlight, Local: c.Local,
-				Spare: c.Spare(), TokPerSec: e.ann.TokPerSec, Hardware: e.ann.Hardware,
-				Synthetic: e.ann.Synthetic, AgeMs: now.Sub(e.seen).Milliseconds(),
-			})
+			id, _ := peer.Decode(ri.ID)
+			ii := InstanceInfo{Node: ri.ID, Info: ri, RampUp: v.rampStart}
+			if e := v.nodes[id]; e != nil {
+				ii.Hardware, ii.Synthetic, ii.AgeMs = e.ann.Hardware, e.ann.Synthetic, now.Sub(e.seen).Milliseconds()
+				for _, m := range e.ann.Models {
+					if m.Model == model {
+						ii.Declared = m.Capacity
+					}
+				}
+			}
+			if s, ok := v.health[instanceKey{id, model}]; ok {
+				ii.RampUp, ii.Health = s.Ramp, s.Score
+			}
+			mi.Instances = append(mi.Instances, ii)
 		}
-	}
-	out := make([]ModelInfo, 0, len(byModel))
-	for _, mi := range byModel {
 		sort.Slice(mi.Instances, func(i, j int) bool { return mi.Instances[i].Node < mi.Instances[j].Node })
-		out = append(out, *mi)
+		out = append(out, mi)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
@@ -198,5 +309,19 @@ func (v *View) follow(ctx context.Context, h *p2p.Host, sub *pubsub.Subscription
 			}
 		}
 		v.Update(from, a)
+	}
+}
+
+// expireLoop drops silent nodes every interval until ctx ends.
+func (v *View) expireLoop(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			v.expire()
+		}
 	}
 }

@@ -87,3 +87,14 @@ func (v *announceValidator) validate(_ context.Context, _ peer.ID, m *pubsub.Mes
 	m.ValidatorData = &a
 	return pubsub.ValidationAccept
 }
+
+// InstanceScore is the settlement peer's verdict on one instance: its
+// health score (tie-break weight) and ramp-up (fraction of its declared
+// capacity it may use), both in (0,1].
+type InstanceScore struct {
+	Node        string  `json:"node"`
+	Model       string  `json:"model"`
+	Score       float64 `json:"score"`
+	Ramp        float64 `json:"ramp"`
+	FirstSeenMs int64   `json:"first_seen_ms"`
+}
