@@ -5,18 +5,18 @@ import "time"
 // Info is what the table knows of one instance, for /v1/models and the
 // gateway's debug endpoint.
 type Info struct {
-	ID         string  `json:"id"`
-	State      string  `json:"state"`   // closed, parked, half-open, probing, below-floor
-	Breaker    string  `json:"breaker"` // closed, open, half-open
-	Candidate  bool    `json:"candidate"`
-	Spare      float64 `json:"spare_capacity"`
-	Capacity   float64 `json:"effective_capacity"`
-	InFlight   int     `json:"in_flight"`         // per its last announcement
-	Local      int     `json:"gateway_in_flight"` // this gateway's calls
-	TokPerSec  float64 `json:"tok_s"`             // measured here, else the node's claim
-	Measured   bool    `json:"tok_s_measured"`    // TokPerSec was measured by this gateway
-	Weight     float64 `json:"health_weight"`     // tie weight in (0,1]
-	UntilMs    int64   `json:"until_ms,omitempty"`
+	ID        string  `json:"id"`
+	State     string  `json:"state"`   // closed, parked, half-open, probing, below-floor
+	Breaker   string  `json:"breaker"` // closed, open, half-open
+	Candidate bool    `json:"candidate"`
+	Spare     float64 `json:"spare_capacity"`
+	Capacity  float64 `json:"effective_capacity"`
+	InFlight  int     `json:"in_flight"`         // per its last announcement
+	Local     int     `json:"gateway_in_flight"` // this gateway's calls
+	TokPerSec float64 `json:"tok_s"`             // measured here, else the node's claim
+	Measured  bool    `json:"tok_s_measured"`    // TokPerSec was measured by this gateway
+	Weight    float64 `json:"health_weight"`     // tie weight in (0,1]
+	UntilMs   int64   `json:"until_ms,omitempty"`
 }
 
 // Info describes h at now.
