@@ -42,6 +42,7 @@ type Config struct {
 	MaxCallTime   time.Duration // how long one call may take in all
 	AuthTTL       time.Duration // how long a checked API key (and its balance) is trusted
 	PriceRefresh  time.Duration // how often the price table is fetched again
+	ReportEvery   time.Duration // how often failures seen are reported to settlement
 	Route         route.Config  // the routing policy (SPEC §4)
 	Logger        *slog.Logger  // nil = discard
 }
@@ -55,6 +56,7 @@ func DefaultConfig() Config {
 		MaxCallTime:   30 * time.Minute, // long generations at a few tok/s finish
 		AuthTTL:       2 * time.Second,  // a revoked key or spent balance is seen within 2 s
 		PriceRefresh:  time.Minute,      // price tables change rarely
+		ReportEvery:   5 * time.Second,  // the health window is hourly; seconds are plenty
 		Route:         route.DefaultConfig(),
 	}
 }
@@ -66,7 +68,7 @@ func (c *Config) Validate() error {
 		return errors.New("gateway: a host is required")
 	case c.Platform == "":
 		return errors.New("gateway: the settlement peer id is required (--platform)")
-	case c.MaxBody <= 0 || c.MaxRetries < 0 || c.HeaderTimeout <= 0 || c.MaxCallTime <= 0 || c.AuthTTL <= 0 || c.PriceRefresh <= 0:
+	case c.MaxBody <= 0 || c.MaxRetries < 0 || c.HeaderTimeout <= 0 || c.MaxCallTime <= 0 || c.ReportEvery <= 0 || c.AuthTTL <= 0 || c.PriceRefresh <= 0:
 		return errors.New("gateway: limits and timeouts must be positive")
 	}
 	return c.Route.Validate()
@@ -74,13 +76,14 @@ func (c *Config) Validate() error {
 
 // Gateway is a running gateway.
 type Gateway struct {
-	cfg     Config
-	log     *slog.Logger
-	view    *View
-	auth    *authCache
-	settler *settler
-	reg     *prometheus.Registry
-	metrics metrics
+	cfg      Config
+	log      *slog.Logger
+	view     *View
+	auth     *authCache
+	outcomes outcomes
+	settler  *settler
+	reg      *prometheus.Registry
+	metrics  metrics
 
 	pmu    sync.RWMutex
 	prices economy.PriceTable
@@ -131,11 +134,18 @@ func (g *Gateway) Run(ctx context.Context, ready func(httpAddr string)) error {
 	defer wg.Wait()
 	wg.Go(func() { g.view.follow(ctx, g.cfg.Host, sub) })
 	wg.Go(func() { g.view.expireLoop(ctx, time.Second) })
+	if err := g.view.forgetDisconnected(ctx, g.cfg.Host); err != nil {
+		return fmt.Errorf("gateway: watch connections: %w", err)
+	}
 
 	if err := g.refreshPrices(ctx); err != nil {
 		return err
 	}
 	wg.Go(func() { g.keepPrices(ctx) })
+	if err := g.followScores(ctx); err != nil {
+		return fmt.Errorf("gateway: follow health scores: %w", err)
+	}
+	wg.Go(func() { g.reportLoop(ctx, g.cfg.ReportEvery) })
 	// Receipts outlive the HTTP server: they are flushed after it stops.
 	sctx, stopSettler := context.WithCancel(context.Background())
 	defer stopSettler()

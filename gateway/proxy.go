@@ -157,6 +157,7 @@ func (c *forwardCall) run() int {
 			c.outcome = route.Neutral // the client left: says nothing of the node
 		}
 		lease.Done(c.outcome, c.tokens, c.span)
+		g.outcomes.add(node, c.meta.Model, c.outcome)
 		if aerr == nil {
 			return status
 		}

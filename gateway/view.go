@@ -8,6 +8,8 @@ import (
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/multiformats/go-multiaddr"
@@ -130,6 +132,7 @@ func (v *View) forget(id peer.ID) {
 	}
 	for _, m := range e.ann.Models {
 		v.removeInstance(id, m.Model)
+		delete(v.health, instanceKey{id, m.Model})
 	}
 	delete(v.nodes, id)
 }
@@ -146,14 +149,20 @@ func (v *View) expire() {
 	}
 }
 
-// SetScores records the settlement peer's health scores and ramp-up.
-func (v *View) SetScores(scores []p2p.InstanceScore) {
+// SetReport records the settlement peer's health scores and ramp-up.
+func (v *View) SetReport(r *p2p.HealthReport) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	now := v.now()
-	for _, s := range scores {
+	if r.RampStart > 0 && r.RampStart <= 1 {
+		v.rampStart = r.RampStart
+	}
+	for _, s := range r.Scores {
 		id, err := peer.Decode(s.Node)
 		if err != nil {
+			continue
+		}
+		if s.Score <= 0 || s.Score > 1 || s.Ramp <= 0 || s.Ramp > 1 {
 			continue
 		}
 		v.health[instanceKey{id, s.Model}] = s
@@ -324,4 +333,31 @@ func (v *View) expireLoop(ctx context.Context, every time.Duration) {
 			v.expire()
 		}
 	}
+}
+
+// forgetDisconnected drops a node as soon as this gateway's last connection
+// to it closes (a killed node leaves candidates at once, not after the
+// announcement timeout); its next announcement brings it back.
+func (v *View) forgetDisconnected(ctx context.Context, h *p2p.Host) error {
+	sub, err := h.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged))
+	if err != nil {
+		return err
+	}
+	go func() {
+		defer sub.Close()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-sub.Out():
+				if !ok {
+					return
+				}
+				if ev := e.(event.EvtPeerConnectednessChanged); ev.Connectedness == network.NotConnected {
+					v.Forget(ev.Peer)
+				}
+			}
+		}
+	}()
+	return nil
 }

@@ -118,7 +118,7 @@ func NewHost(ctx context.Context, cfg Config) (*Host, error) {
 	bctx, cancel := context.WithCancel(context.Background())
 	ps, err := pubsub.NewGossipSub(bctx, h,
 		pubsub.WithPeerExchange(cfg.PeerExchange),
-		pubsub.WithMaxMessageSize(MaxAnnouncement),
+		pubsub.WithMaxMessageSize(MaxGossipMessage),
 	)
 	if err != nil {
 		cancel()

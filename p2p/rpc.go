@@ -19,6 +19,8 @@ const (
 	OpPrices   = "prices"        // -> price table
 	OpReceipt  = "receipt"       // receipt -> applied or duplicate
 	OpRegister = "register_node" // node registration -> account
+	OpReport   = "report"        // gateway -> outcomes it saw per instance
+	OpScores   = "scores"        // -> the current health report
 )
 
 // RPC error codes, stable for callers to switch on.
@@ -36,6 +38,17 @@ type SettleRequest struct {
 	APIKey   string            `json:"api_key,omitempty"`
 	Receipt  *Receipt          `json:"receipt,omitempty"`
 	Register *NodeRegistration `json:"register,omitempty"`
+	Reports  []OutcomeReport   `json:"reports,omitempty"`
+}
+
+// OutcomeReport is what one gateway saw of one instance since its last
+// report: the failures (5xx, timeouts, broken streams, refused connections)
+// and neutral outcomes. Successes reach settlement as receipts.
+type OutcomeReport struct {
+	Node     string `json:"node"`
+	Model    string `json:"model"`
+	Failures uint32 `json:"failures"`
+	Neutral  uint32 `json:"neutral"`
 }
 
 // AccountInfo is an account as settlement reports it (integers in µcr).
@@ -58,6 +71,7 @@ type SettleResponse struct {
 	Account *AccountInfo        `json:"account,omitempty"`
 	Prices  *economy.PriceTable `json:"prices,omitempty"`
 	Applied bool                `json:"applied,omitempty"` // receipt: false means it was a duplicate
+	Health  *HealthReport       `json:"health,omitempty"`
 }
 
 // RPCError is an error the remote side returned on purpose.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/nodecore"
 	"github.com/tokenrouter/tokenrouter/p2p"
 	"github.com/tokenrouter/tokenrouter/settlement/economy"
 	"github.com/tokenrouter/tokenrouter/settlement/ledger"
@@ -29,6 +30,24 @@ func (s *Settlement) handle(_ context.Context, remote peer.ID, req *p2p.SettleRe
 		return &p2p.SettleResponse{Prices: &t}
 	case p2p.OpRegister:
 		return s.registerNode(remote, req.Register)
+	case p2p.OpReport:
+		now := time.Now()
+		for _, r := range req.Reports {
+			if _, err := peer.Decode(r.Node); err != nil || r.Model == "" {
+				continue
+			}
+			s.rep.Record(r.Node, r.Model, nodecore.EventFailure, r.Failures, now)
+			s.rep.Record(r.Node, r.Model, nodecore.EventNeutral, r.Neutral, now)
+		}
+		return &p2p.SettleResponse{}
+	case p2p.OpScores:
+		var seq uint64
+		reports := s.healthReports(&seq, time.Now())
+		all := reports[0]
+		for _, r := range reports[1:] {
+			all.Scores = append(all.Scores, r.Scores...)
+		}
+		return &p2p.SettleResponse{Health: all}
 	case p2p.OpReceipt:
 		if req.Receipt == nil {
 			return rpcErr(p2p.CodeInvalid, "receipt missing")
@@ -160,6 +179,7 @@ func (s *Settlement) ApplyReceipt(from peer.ID, r *p2p.Receipt) (applied bool, e
 	}
 	if err == nil && applied {
 		s.metrics.settledUcr.Add(float64(cost))
+		s.rep.Record(r.Node, r.Model, nodecore.EventSuccess, 1, time.Now())
 	}
 	return applied, err
 }

@@ -30,7 +30,8 @@ type Config struct {
 	StartingCredit int64         // µcr granted to every new account
 	SignupLimit    int           // accounts per client address per SignupWindow; 0 = unlimited
 	SignupWindow   time.Duration // the window SignupLimit counts over
-	Logger         *slog.Logger  // nil = discard
+	Reputation     ReputationConfig
+	Logger         *slog.Logger // nil = discard
 }
 
 // DefaultConfig returns the defaults; Host and Ledger must be set.
@@ -41,6 +42,7 @@ func DefaultConfig() Config {
 		StartingCredit: economy.StartingCreditUcr,  // SPEC §2: 5.000000 credits
 		SignupLimit:    5,                          // SPEC §2: 5 an hour per client address
 		SignupWindow:   time.Hour,
+		Reputation:     DefaultReputationConfig(),
 	}
 }
 
@@ -58,7 +60,7 @@ func (c *Config) Validate() error {
 	case c.SignupLimit < 0:
 		return errors.New("settlement: signup limit cannot be negative")
 	}
-	return nil
+	return c.Reputation.Validate()
 }
 
 // Settlement is a running settlement peer.
@@ -67,6 +69,7 @@ type Settlement struct {
 	log     *slog.Logger
 	led     *ledger.Ledger
 	signups *rateLimiter
+	rep     *Reputation
 	reg     *prometheus.Registry
 	metrics metrics
 }
@@ -85,9 +88,15 @@ func New(cfg Config) (*Settlement, error) {
 		log:     log,
 		led:     cfg.Ledger,
 		signups: newRateLimiter(cfg.SignupLimit, cfg.SignupWindow),
+		rep:     NewReputation(cfg.Reputation),
 		reg:     prometheus.NewRegistry(),
 	}
 	s.metrics = newMetrics(s.reg)
+	if f := cfg.Reputation.SnapshotFile; f != "" {
+		if err := s.rep.Load(f); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -96,6 +105,11 @@ func New(cfg Config) (*Settlement, error) {
 func (s *Settlement) Run(ctx context.Context, ready func(httpAddr string)) error {
 	p2p.ServeSettle(s.cfg.Host, s.handle)
 	defer s.cfg.Host.RemoveStreamHandler(p2p.ProtoSettle)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	repDone := make(chan error, 1)
+	go func() { repDone <- s.runReputation(ctx) }()
+	defer func() { cancel(); <-repDone }()
 	if s.cfg.HTTPAddr == "" {
 		if ready != nil {
 			ready("")
@@ -123,6 +137,9 @@ func (s *Settlement) Run(ctx context.Context, ready func(httpAddr string)) error
 		return err
 	}
 }
+
+// Reputation is the peer's health window.
+func (s *Settlement) Reputation() *Reputation { return s.rep }
 
 // Ledger is the peer's ledger.
 func (s *Settlement) Ledger() *ledger.Ledger { return s.led }

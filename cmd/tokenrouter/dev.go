@@ -70,6 +70,7 @@ The same data directory keeps its accounts across runs. Ctrl-C stops everything.
 	f.StringVar(&o.SettleAddr, "settle-addr", "127.0.0.1:8090", "HOST:PORT for the settlement peer's HTTP API")
 	f.StringArrayVar(&o.Models, "model", []string{"synthetic-1"}, "model id every synthetic engine serves (repeatable)")
 	f.IntVar(&o.Capacity, "capacity", 8, "concurrent calls each node takes")
+	f.Float64Var(&o.RampStart, "ramp-start", 1, "fraction of declared capacity a new node starts at (dev: full; the network's default is 0.1)")
 	return cmd
 }
 

@@ -86,6 +86,9 @@ type SettleOptions struct {
 	HTTP        string
 	PricesFile  string
 	SignupLimit int
+	RampStart   float64       // fraction of declared capacity a new instance starts at (0 = default)
+	RampPeriod  time.Duration // time to full capacity (0 = default)
+	ProbeEvery  time.Duration // probe interval (0 = default)
 }
 
 // Settle runs a settlement peer until ctx ends; its ledger lives in <data>/ledger.
@@ -100,6 +103,16 @@ func Settle(ctx context.Context, o SettleOptions) error {
 		cfg.Prices = t
 	}
 	cfg.SignupLimit = o.SignupLimit
+	if o.RampStart > 0 {
+		cfg.Reputation.Ramp.Start = o.RampStart
+	}
+	if o.RampPeriod > 0 {
+		cfg.Reputation.Ramp.Period = o.RampPeriod
+	}
+	if o.ProbeEvery > 0 {
+		cfg.Reputation.ProbeEvery = o.ProbeEvery
+	}
+	cfg.Reputation.SnapshotFile = filepath.Join(o.Data, "health.json")
 	cfg.HTTPAddr = o.HTTP
 	cfg.Logger = log
 	h, err := o.host(ctx, p2p.Config{})

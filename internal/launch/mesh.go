@@ -27,6 +27,7 @@ type MeshOptions struct {
 	GatewayAddr string        // HOST:PORT for the gateway's HTTP API
 	SettleAddr  string        // HOST:PORT for the settlement peer's HTTP API
 	Capacity    int           // per node; 0 = the node default
+	RampStart   float64       // settlement's ramp-up start (0 = the default 10%)
 	Logger      *slog.Logger  // nil = discard
 	ReadyWait   time.Duration // how long to wait for each role
 	OperatorKey string        // reuse this account for the nodes if the ledger knows it
@@ -109,7 +110,7 @@ func StartMesh(parent context.Context, o MeshOptions) (*Mesh, error) {
 	m.run("settle", func() error {
 		return Settle(ctx, SettleOptions{
 			Common: Common{Data: sdir, Listen: loopback, Bootstrap: boot, Logger: log.With("role", "settle")},
-			HTTP:   o.SettleAddr, SignupLimit: 0,
+			HTTP:   o.SettleAddr, SignupLimit: 0, RampStart: o.RampStart,
 		})
 	})
 	if err := m.waitReady(sdir, o.ReadyWait); err != nil {

@@ -1,0 +1,107 @@
+package gateway
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/gateway/route"
+	"github.com/tokenrouter/tokenrouter/p2p"
+)
+
+// followScores fetches the settlement peer's current health scores, then
+// follows the ones it publishes, until ctx ends.
+func (g *Gateway) followScores(ctx context.Context) error {
+	topic, err := p2p.JoinHealthTopic(g.cfg.Host, g.cfg.Platform, nil)
+	if err != nil {
+		return err
+	}
+	sub, err := topic.Subscribe()
+	if err != nil {
+		topic.Close()
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	if resp, err := g.cfg.Host.CallSettle(cctx, g.cfg.Platform, &p2p.SettleRequest{Op: p2p.OpScores}); err == nil && resp.Health != nil {
+		g.view.SetReport(resp.Health)
+	}
+	cancel()
+	go func() {
+		defer topic.Close()
+		defer sub.Cancel()
+		for {
+			msg, err := sub.Next(ctx)
+			if err != nil {
+				return
+			}
+			if r, ok := msg.ValidatorData.(*p2p.HealthReport); ok {
+				g.view.SetReport(r)
+			}
+		}
+	}()
+	return nil
+}
+
+// outcomes gathers the failures and neutral outcomes this gateway saw per
+// instance, for its next report to the settlement peer.
+type outcomes struct {
+	mu     sync.Mutex
+	counts map[instanceKey]*p2p.OutcomeReport
+}
+
+func (o *outcomes) add(node peer.ID, model string, out route.Outcome) {
+	if out != route.Failure && out != route.Neutral {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.counts == nil {
+		o.counts = map[instanceKey]*p2p.OutcomeReport{}
+	}
+	k := instanceKey{node, model}
+	r := o.counts[k]
+	if r == nil {
+		r = &p2p.OutcomeReport{Node: node.String(), Model: model}
+		o.counts[k] = r
+	}
+	if out == route.Failure {
+		r.Failures++
+	} else {
+		r.Neutral++
+	}
+}
+
+func (o *outcomes) take() []p2p.OutcomeReport {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := make([]p2p.OutcomeReport, 0, len(o.counts))
+	for _, r := range o.counts {
+		out = append(out, *r)
+	}
+	o.counts = nil
+	return out
+}
+
+// reportLoop sends what it gathered every interval until ctx ends.
+func (g *Gateway) reportLoop(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		reports := g.outcomes.take()
+		if len(reports) == 0 {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := g.cfg.Host.CallSettle(cctx, g.cfg.Platform, &p2p.SettleRequest{Op: p2p.OpReport, Reports: reports})
+		cancel()
+		if err != nil {
+			g.log.Warn("could not report outcomes to settlement", "err", err)
+		}
+	}
+}

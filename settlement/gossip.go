@@ -1,0 +1,155 @@
+package settlement
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/nodecore"
+	"github.com/tokenrouter/tokenrouter/p2p"
+)
+
+// runReputation follows announcements, probes live instances, publishes
+// scores and keeps the window on disk until ctx ends.
+func (s *Settlement) runReputation(ctx context.Context) error {
+	load, err := p2p.JoinLoadTopic(s.cfg.Host, nil)
+	if err != nil {
+		return err
+	}
+	defer load.Close()
+	sub, err := load.Subscribe()
+	if err != nil {
+		return err
+	}
+	defer sub.Cancel()
+	health, err := p2p.JoinHealthTopic(s.cfg.Host, s.cfg.Host.ID(), nil)
+	if err != nil {
+		return err
+	}
+	defer health.Close()
+
+	publishSoon := make(chan struct{}, 1)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		for {
+			msg, err := sub.Next(ctx)
+			if err != nil {
+				return
+			}
+			if a, ok := msg.ValidatorData.(*p2p.Announcement); ok && s.rep.Announced(a, time.Now()) {
+				select {
+				case publishSoon <- struct{}{}:
+				default:
+				}
+			}
+		}
+	})
+	wg.Go(func() { s.publishLoop(ctx, health, publishSoon) })
+	wg.Go(func() { s.probeLoop(ctx) })
+	if f := s.cfg.Reputation.SnapshotFile; f != "" {
+		wg.Go(func() { s.saveLoop(ctx, f) })
+	}
+	<-ctx.Done()
+	return nil
+}
+
+func (s *Settlement) publishLoop(ctx context.Context, topic *pubsub.Topic, soon <-chan struct{}) {
+	t := time.NewTicker(s.cfg.Reputation.PublishEvery)
+	defer t.Stop()
+	seq := uint64(time.Now().UnixNano()) // grows across restarts
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-soon:
+			// let a burst of new instances arrive together
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		for _, r := range s.healthReports(&seq, time.Now()) {
+			data, _ := json.Marshal(r)
+			if err := topic.Publish(ctx, data); err != nil && ctx.Err() == nil {
+				s.log.Warn("publish health scores", "err", err)
+			}
+		}
+	}
+}
+
+// healthReports cuts the current scores into messages of at most
+// MaxScoresPerReport.
+func (s *Settlement) healthReports(seq *uint64, now time.Time) []*p2p.HealthReport {
+	scores := s.rep.Scores(now)
+	var out []*p2p.HealthReport
+	for len(scores) > 0 || len(out) == 0 {
+		n := min(len(scores), p2p.MaxScoresPerReport)
+		*seq++
+		out = append(out, &p2p.HealthReport{
+			TimeMs: now.UnixMilli(), Seq: *seq, RampStart: s.cfg.Reputation.Ramp.Start, Scores: scores[:n],
+		})
+		scores = scores[n:]
+	}
+	return out
+}
+
+// probeLoop probes every live instance every ProbeEvery, a few at a time.
+func (s *Settlement) probeLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.Reputation.ProbeEvery)
+	defer t.Stop()
+	sem := make(chan struct{}, 8)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var wg sync.WaitGroup
+		for _, in := range s.rep.Scores(time.Now()) {
+			id, err := peer.Decode(in.Node)
+			if err != nil {
+				continue
+			}
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				err := s.cfg.Host.Probe(ctx, id, in.Model, s.cfg.Reputation.ProbeTimeout)
+				switch {
+				case ctx.Err() != nil, errors.Is(err, p2p.ErrNodeFull):
+					// says nothing of its health
+				case err != nil:
+					s.rep.Record(in.Node, in.Model, nodecore.EventProbeFail, 1, time.Now())
+					s.log.Info("probe failed", "node", in.Node, "model", in.Model, "err", err)
+				default:
+					s.rep.Record(in.Node, in.Model, nodecore.EventProbeOK, 1, time.Now())
+				}
+			})
+		}
+		wg.Wait()
+	}
+}
+
+func (s *Settlement) saveLoop(ctx context.Context, path string) {
+	t := time.NewTicker(s.cfg.Reputation.SaveEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if err := s.rep.Save(path); err != nil {
+				s.log.Error("save health window", "err", err)
+			}
+			return
+		case <-t.C:
+			if err := s.rep.Save(path); err != nil {
+				s.log.Error("save health window", "err", err)
+			}
+		}
+	}
+}

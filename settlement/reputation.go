@@ -1,0 +1,169 @@
+package settlement
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/tokenrouter/tokenrouter/nodecore"
+	"github.com/tokenrouter/tokenrouter/p2p"
+)
+
+// ReputationConfig configures the health window the settlement peer keeps.
+type ReputationConfig struct {
+	Health       nodecore.HealthConfig
+	Ramp         nodecore.RampConfig
+	OnlineGap    time.Duration // a silence longer than this between announcements counts as offline
+	LiveFor      time.Duration // an instance announced within this is live: scored and probed
+	PublishEvery time.Duration // how often scores are published on gossip
+	ProbeEvery   time.Duration // how often each live instance is probed
+	ProbeTimeout time.Duration // how long a probe may take
+	SnapshotFile string        // where the window is kept across restarts ("" = memory only)
+	SaveEvery    time.Duration // how often the snapshot is written
+}
+
+// DefaultReputationConfig returns the defaults.
+func DefaultReputationConfig() ReputationConfig {
+	return ReputationConfig{
+		Health:       nodecore.DefaultHealthConfig(),
+		Ramp:         nodecore.DefaultRampConfig(),
+		OnlineGap:    10 * time.Second, // nodes announce every 3 s at most apart; 10 s is the gossip freshness limit
+		LiveFor:      30 * time.Second, // a few missed heartbeats
+		PublishEvery: 5 * time.Second,  // gateways see a new instance's ramp and score within seconds
+		ProbeEvery:   time.Minute,      // cheap: one completion token a minute per instance
+		ProbeTimeout: 20 * time.Second, // a loaded engine may queue a probe
+		SaveEvery:    time.Minute,      // losing a minute of health history on a crash is harmless
+	}
+}
+
+// Validate reports a configuration that cannot work.
+func (c ReputationConfig) Validate() error {
+	if err := c.Health.Validate(); err != nil {
+		return err
+	}
+	if err := c.Ramp.Validate(); err != nil {
+		return err
+	}
+	if c.OnlineGap <= 0 || c.LiveFor <= 0 || c.PublishEvery <= 0 || c.ProbeEvery <= 0 || c.ProbeTimeout <= 0 || c.SaveEvery <= 0 {
+		return fmt.Errorf("settlement: reputation intervals must be positive")
+	}
+	return nil
+}
+
+// Reputation is the settlement peer's 14-day health window of every
+// instance: billed calls, failures gateways report, its own probes and time
+// online. Methods take the time of the event; it reads no clock itself.
+type Reputation struct {
+	cfg ReputationConfig
+
+	mu        sync.Mutex
+	instances map[string]*repInstance // key: node + "/" + model
+}
+
+type repInstance struct {
+	Node     string                 `json:"node"`
+	Model    string                 `json:"model"`
+	Window   *nodecore.HealthWindow `json:"window"`
+	LastSeen time.Time              `json:"last_seen"`
+}
+
+// NewReputation returns an empty reputation.
+func NewReputation(cfg ReputationConfig) *Reputation {
+	return &Reputation{cfg: cfg, instances: map[string]*repInstance{}}
+}
+
+func (r *Reputation) instance(node, model string, now time.Time) (*repInstance, bool) {
+	k := node + "/" + model
+	in := r.instances[k]
+	if in == nil {
+		in = &repInstance{Node: node, Model: model, Window: nodecore.NewHealthWindow(r.cfg.Health, now)}
+		r.instances[k] = in
+		return in, true
+	}
+	return in, false
+}
+
+// Announced counts time online for each model a node announced at now. It
+// reports whether an instance was seen for the first time.
+func (r *Reputation) Announced(a *p2p.Announcement, now time.Time) (fresh bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range a.Models {
+		in, isNew := r.instance(a.Node, m.Model, now)
+		fresh = fresh || isNew
+		if gap := now.Sub(in.LastSeen); !isNew && gap > 0 && gap <= r.cfg.OnlineGap {
+			in.Window.AddOnline(r.cfg.Health, now, gap)
+		}
+		in.LastSeen = now
+	}
+	return fresh
+}
+
+// Record counts n events for an instance at now.
+func (r *Reputation) Record(node, model string, e nodecore.Event, n uint32, now time.Time) {
+	if n == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	in, _ := r.instance(node, model, now)
+	in.Window.Record(r.cfg.Health, now, e, n)
+}
+
+// Scores returns every live instance's score and ramp at now, sorted.
+func (r *Reputation) Scores(now time.Time) []p2p.InstanceScore {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]p2p.InstanceScore, 0, len(r.instances))
+	for _, in := range r.instances {
+		if now.Sub(in.LastSeen) > r.cfg.LiveFor {
+			continue
+		}
+		out = append(out, p2p.InstanceScore{
+			Node: in.Node, Model: in.Model,
+			Score:       in.Window.Score(r.cfg.Health, now),
+			Ramp:        r.cfg.Ramp.Ramp(in.Window.FirstSeen, now),
+			FirstSeenMs: in.Window.FirstSeen.UnixMilli(),
+		})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Node != out[j].Node {
+			return out[i].Node < out[j].Node
+		}
+		return out[i].Model < out[j].Model
+	})
+	return out
+}
+
+// Save writes the window to path atomically.
+func (r *Reputation) Save(path string) error {
+	r.mu.Lock()
+	data, err := json.Marshal(r.instances)
+	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return p2p.WriteFileAtomic(path, data, 0o600)
+}
+
+// Load restores a window Save wrote; a missing file is an empty window.
+func (r *Reputation) Load(path string) error {
+	data, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	m := map[string]*repInstance{}
+	if err := json.Unmarshal(data, &m); err != nil {
+		return fmt.Errorf("settlement: health snapshot %s: %w", path, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.instances = m
+	return nil
+}
