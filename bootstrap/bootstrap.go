@@ -18,7 +18,6 @@ func Run(ctx context.Context, h *p2p.Host, ready func()) error {
 	if err != nil {
 		return fmt.Errorf("bootstrap: join load topic: %w", err)
 	}
-	defer topic.Close()
 	// Subscribing puts this peer in the topic's mesh, so it relays
 	// announcements between peers that know only it.
 	sub, err := topic.Subscribe()

@@ -27,6 +27,7 @@ type authCache struct {
 
 type authEntry struct {
 	account *p2p.AccountInfo // nil: settlement said the key is unknown
+	grant   *p2p.Grant       // lets this gateway bill the account
 	fetched time.Time
 	spent   int64 // µcr this gateway charged since fetched
 }
@@ -37,32 +38,39 @@ func newAuthCache(h *p2p.Host, platform peer.ID, ttl time.Duration) *authCache {
 
 // check returns the key's account and the balance this gateway believes it
 // has (settled balance minus what it charged since it last asked).
-func (a *authCache) check(ctx context.Context, key string) (account string, balance int64, err error) {
+func (a *authCache) check(ctx context.Context, key string) (auth, error) {
 	sum := sha256.Sum256([]byte(key))
 	a.mu.Lock()
 	e := a.entries[sum]
 	if e != nil && time.Since(e.fetched) < a.ttl {
 		defer a.mu.Unlock()
 		if e.account == nil {
-			return "", 0, errUnknownKey
+			return auth{}, errUnknownKey
 		}
-		return e.account.Account, e.account.BalanceUcr - e.spent, nil
+		return auth{e.account.Account, e.account.BalanceUcr - e.spent, e.grant}, nil
 	}
 	a.mu.Unlock()
-	info, err := a.fetch(ctx, key)
+	info, grant, err := a.fetch(ctx, key)
 	if err != nil && !errors.Is(err, errUnknownKey) {
-		return "", 0, err
+		return auth{}, err
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if len(a.entries) > 100_000 {
 		clear(a.entries) // bounded; a cleared cache only costs a lookup
 	}
-	a.entries[sum] = &authEntry{account: info, fetched: time.Now()}
+	a.entries[sum] = &authEntry{account: info, grant: grant, fetched: time.Now()}
 	if info == nil {
-		return "", 0, errUnknownKey
+		return auth{}, errUnknownKey
 	}
-	return info.Account, info.BalanceUcr, nil
+	return auth{info.Account, info.BalanceUcr, grant}, nil
+}
+
+// auth is what a checked API key gives a call.
+type auth struct {
+	account string
+	balance int64      // what this gateway believes is left
+	grant   *p2p.Grant // goes in the call's receipt
 }
 
 // charged lowers the believed balance of key's account until the next fetch.
@@ -75,20 +83,21 @@ func (a *authCache) charged(key string, ucr int64) {
 	}
 }
 
-// fetch asks settlement for the key's account; (nil, errUnknownKey) when unknown.
-func (a *authCache) fetch(ctx context.Context, key string) (*p2p.AccountInfo, error) {
+// fetch asks settlement for the key's account and a grant to bill it;
+// errUnknownKey when the key is unknown.
+func (a *authCache) fetch(ctx context.Context, key string) (*p2p.AccountInfo, *p2p.Grant, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	resp, err := a.h.CallSettle(cctx, a.platform, &p2p.SettleRequest{Op: p2p.OpAccount, APIKey: key})
 	var rpcErr *p2p.RPCError
 	if errors.As(err, &rpcErr) && rpcErr.Code == p2p.CodeUnknownKey {
-		return nil, errUnknownKey
+		return nil, nil, errUnknownKey
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if resp.Account == nil {
-		return nil, errors.New("gateway: settlement answered without an account")
+	if resp.Account == nil || resp.Grant == nil {
+		return nil, nil, errors.New("gateway: settlement answered without an account and grant")
 	}
-	return resp.Account, nil
+	return resp.Account, resp.Grant, nil
 }

@@ -40,9 +40,12 @@ type Config struct {
 	MaxRetries    int           // other instances tried after a failure before the first byte
 	HeaderTimeout time.Duration // how long a node may take to start answering
 	MaxCallTime   time.Duration // how long one call may take in all
+	IdleTimeout   time.Duration // how long a stream may go without a chunk
+	WriteTimeout  time.Duration // how long a client may take to accept one write
 	AuthTTL       time.Duration // how long a checked API key (and its balance) is trusted
 	PriceRefresh  time.Duration // how often the price table is fetched again
 	ReportEvery   time.Duration // how often failures seen are reported to settlement
+	DrainTimeout  time.Duration // how long stopping waits for calls in flight and receipts
 	Route         route.Config  // the routing policy (SPEC §4)
 	Logger        *slog.Logger  // nil = discard
 }
@@ -54,9 +57,12 @@ func DefaultConfig() Config {
 		MaxRetries:    2,                // SPEC §3: at most 2 retries
 		HeaderTimeout: 60 * time.Second, // a loaded engine may queue before it answers
 		MaxCallTime:   30 * time.Minute, // long generations at a few tok/s finish
+		IdleTimeout:   time.Minute,      // a stalled engine does not hold a client for half an hour
+		WriteTimeout:  30 * time.Second, // a client that stops reading frees the node's slot
 		AuthTTL:       2 * time.Second,  // a revoked key or spent balance is seen within 2 s
 		PriceRefresh:  time.Minute,      // price tables change rarely
 		ReportEvery:   5 * time.Second,  // the health window is hourly; seconds are plenty
+		DrainTimeout:  10 * time.Second, // calls in flight get their claims, receipts reach settlement
 		Route:         route.DefaultConfig(),
 	}
 }
@@ -68,7 +74,7 @@ func (c *Config) Validate() error {
 		return errors.New("gateway: a host is required")
 	case c.Platform == "":
 		return errors.New("gateway: the settlement peer id is required (--platform)")
-	case c.MaxBody <= 0 || c.MaxRetries < 0 || c.HeaderTimeout <= 0 || c.MaxCallTime <= 0 || c.ReportEvery <= 0 || c.AuthTTL <= 0 || c.PriceRefresh <= 0:
+	case c.MaxBody <= 0 || c.MaxRetries < 0 || c.HeaderTimeout <= 0 || c.MaxCallTime <= 0 || c.IdleTimeout <= 0 || c.WriteTimeout <= 0 || c.ReportEvery <= 0 || c.DrainTimeout <= 0 || c.AuthTTL <= 0 || c.PriceRefresh <= 0:
 		return errors.New("gateway: limits and timeouts must be positive")
 	}
 	return c.Route.Validate()
@@ -81,6 +87,7 @@ type Gateway struct {
 	view     *View
 	auth     *authCache
 	outcomes outcomes
+	calls    sync.WaitGroup // calls in flight, for a clean stop
 	settler  *settler
 	reg      *prometheus.Registry
 	metrics  metrics
@@ -103,7 +110,7 @@ func New(cfg Config) (*Gateway, error) {
 	g := &Gateway{
 		cfg:  cfg,
 		log:  log,
-		view: NewView(cfg.Route, time.Now, p2p.MaxAnnouncementAge, binary.LittleEndian.Uint64(seed[:])),
+		view: NewView(cfg.Host.ID().String(), cfg.Route, time.Now, p2p.MaxAnnouncementAge, binary.LittleEndian.Uint64(seed[:])),
 		reg:  prometheus.NewRegistry(),
 	}
 	g.metrics = newMetrics(g.reg)
@@ -117,44 +124,45 @@ func (g *Gateway) View() *View { return g.view }
 
 // Run follows the load topic, fetches prices, serves HTTP and sends receipts
 // until ctx ends. ready is called with the bound HTTP address once it serves.
+// On the way out it lets calls in flight finish and delivers their receipts.
 func (g *Gateway) Run(ctx context.Context, ready func(httpAddr string)) error {
+	ln, err := net.Listen("tcp", g.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("gateway: listen %s: %w", g.cfg.HTTPAddr, err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+
 	topic, err := p2p.JoinLoadTopic(g.cfg.Host, nil)
 	if err != nil {
 		return fmt.Errorf("gateway: join load topic: %w", err)
 	}
-	defer topic.Close()
 	sub, err := topic.Subscribe()
 	if err != nil {
 		return fmt.Errorf("gateway: subscribe: %w", err)
 	}
 	defer sub.Cancel()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	wg.Go(func() { g.view.follow(ctx, g.cfg.Host, sub) })
 	wg.Go(func() { g.view.expireLoop(ctx, time.Second) })
-	if err := g.view.forgetDisconnected(ctx, g.cfg.Host); err != nil {
+	if err := g.view.watchConnections(ctx, g.cfg.Host, &wg); err != nil {
 		return fmt.Errorf("gateway: watch connections: %w", err)
 	}
-
 	if err := g.refreshPrices(ctx); err != nil {
 		return err
 	}
 	wg.Go(func() { g.keepPrices(ctx) })
-	if err := g.followScores(ctx); err != nil {
+	if err := g.followScores(ctx, &wg); err != nil {
 		return fmt.Errorf("gateway: follow health scores: %w", err)
 	}
 	wg.Go(func() { g.reportLoop(ctx, g.cfg.ReportEvery) })
-	// Receipts outlive the HTTP server: they are flushed after it stops.
+	// Receipts outlive the HTTP server: they are delivered after it stops.
 	sctx, stopSettler := context.WithCancel(context.Background())
-	defer stopSettler()
-	wg.Go(func() { g.settler.run(sctx) })
+	settlerDone := make(chan struct{})
+	go func() { g.settler.run(sctx); close(settlerDone) }()
+	defer func() { stopSettler(); <-settlerDone }()
 
-	ln, err := net.Listen("tcp", g.cfg.HTTPAddr)
-	if err != nil {
-		return fmt.Errorf("gateway: listen %s: %w", g.cfg.HTTPAddr, err)
-	}
 	srv := &http.Server{Handler: g.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -166,14 +174,27 @@ func (g *Gateway) Run(ctx context.Context, ready func(httpAddr string)) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
-	shutdown, cancelShutdown := context.WithTimeout(context.Background(), 5*time.Second)
+	// Stop taking calls, let those in flight end (streams get their claims),
+	// then deliver every receipt before the host goes away.
+	shutdown, cancelShutdown := context.WithTimeout(context.Background(), g.cfg.DrainTimeout)
 	defer cancelShutdown()
-	if serr := srv.Shutdown(shutdown); err == nil {
+	if serr := srv.Shutdown(shutdown); serr != nil && err == nil && !errors.Is(serr, context.DeadlineExceeded) {
 		err = serr
 	}
-	cancel()
-	g.settler.flush(5 * time.Second)
+	g.waitCalls(g.cfg.DrainTimeout)
+	g.settler.flush(g.cfg.DrainTimeout)
 	return err
+}
+
+// waitCalls waits up to d for calls in flight to end.
+func (g *Gateway) waitCalls(d time.Duration) {
+	done := make(chan struct{})
+	go func() { g.calls.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		g.log.Error("gateway stopping with calls still in flight")
+	}
 }
 
 // refreshPrices fetches the price table, retrying until the settlement peer answers or ctx ends.

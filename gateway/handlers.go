@@ -47,7 +47,7 @@ func (g *Gateway) authorize(w http.ResponseWriter, r *http.Request) (key string,
 		openai.WriteError(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "missing API key: send Authorization: Bearer <key>")
 		return "", false
 	}
-	_, _, err := g.auth.check(r.Context(), key)
+	_, err := g.auth.check(r.Context(), key)
 	switch {
 	case errors.Is(err, errUnknownKey):
 		openai.WriteError(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "invalid API key")

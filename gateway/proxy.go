@@ -21,16 +21,6 @@ import (
 	"github.com/tokenrouter/tokenrouter/p2p"
 )
 
-// requestMeta is what the gateway reads of an OpenAI request body; the body
-// itself travels to the node untouched.
-type requestMeta struct {
-	Model         string `json:"model"`
-	Stream        bool   `json:"stream"`
-	StreamOptions *struct {
-		IncludeUsage bool `json:"include_usage"`
-	} `json:"stream_options"`
-}
-
 func newRequestID() string {
 	var b [15]byte
 	rand.Read(b[:])
@@ -41,6 +31,8 @@ func newRequestID() string {
 // the upstream path ("/chat/completions").
 func (g *Gateway) inference(path string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		g.calls.Add(1)
+		defer g.calls.Done()
 		start := time.Now()
 		reqID := newRequestID()
 		w.Header().Set(HeaderRequestID, reqID)
@@ -56,7 +48,7 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, r
 	if !ok {
 		return fail(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "missing API key: send Authorization: Bearer <key>")
 	}
-	account, balance, err := g.auth.check(r.Context(), key)
+	au, err := g.auth.check(r.Context(), key)
 	switch {
 	case errors.Is(err, errUnknownKey):
 		return fail(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "invalid API key")
@@ -74,9 +66,11 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, r
 		}
 		return fail(w, http.StatusBadRequest, "invalid_request_error", "", "", "could not read the request body")
 	}
-	var meta requestMeta
-	if err := json.Unmarshal(body, &meta); err != nil {
-		return fail(w, http.StatusBadRequest, "invalid_request_error", "", "invalid_json", "the request body is not valid JSON: "+err.Error())
+	meta, err := openai.ParseMeta(body)
+	if err != nil {
+		var re *openai.RequestError
+		errors.As(err, &re)
+		return fail(w, http.StatusBadRequest, "invalid_request_error", re.Param, re.Code, re.Message)
 	}
 	if meta.Model == "" {
 		return fail(w, http.StatusBadRequest, "invalid_request_error", "model", "missing_required_parameter", "you must provide a model parameter")
@@ -88,14 +82,13 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, r
 		return fail(w, http.StatusNotFound, "invalid_request_error", "model", "model_not_found",
 			fmt.Sprintf("the model %q has no live instance on the network", meta.Model))
 	}
-	if balance <= 0 {
+	if au.balance <= 0 {
 		return fail(w, http.StatusPaymentRequired, "insufficient_quota", "", "insufficient_credits",
 			"your account has no credits left; top up or use another key")
 	}
 	c := &forwardCall{
 		g: g, w: w, r: r, id: reqID, path: path, body: body, meta: meta,
-		key: key, account: account,
-		wantUsage: meta.StreamOptions != nil && meta.StreamOptions.IncludeUsage,
+		key: key, account: au.account, grant: au.grant, wantUsage: meta.IncludeUsage,
 	}
 	return c.run()
 }
@@ -113,9 +106,10 @@ type forwardCall struct {
 	id        string
 	path      string
 	body      []byte
-	meta      requestMeta
+	meta      openai.Meta
 	key       string
 	account   string
+	grant     *p2p.Grant
 	wantUsage bool
 
 	// What the current attempt tells the routing table.
@@ -187,7 +181,7 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 	ctx, cancel := context.WithTimeout(c.r.Context(), g.cfg.HeaderTimeout)
 	defer cancel()
 	if err := g.cfg.Host.Find(ctx, node); err != nil {
-		g.view.Forget(node)
+		g.view.Unreachable(node)
 		return 0, &attemptError{err: err}
 	}
 	s, err := g.cfg.Host.NewStream(ctx, node, p2p.ProtoInfer)
@@ -200,12 +194,10 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 			s.Reset()
 		}
 	}()
-	if !c.meta.Stream {
-		// A client that leaves a non-streamed call gets nothing and pays
-		// nothing: reset the stream so the node stops at once.
-		stop := context.AfterFunc(c.r.Context(), func() { s.Reset() })
-		defer stop()
-	}
+	// Until the first byte reaches the client, a client that leaves stops
+	// the node at once and pays nothing.
+	stopReset := context.AfterFunc(c.r.Context(), func() { s.Reset() })
+	defer stopReset()
 	s.SetDeadline(time.Now().Add(g.cfg.HeaderTimeout))
 	bw := bufio.NewWriter(s)
 	hdr, _ := json.Marshal(p2p.InferRequest{RequestID: c.id, Path: c.path, Model: c.meta.Model, Stream: c.meta.Stream})
@@ -230,7 +222,7 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 	switch {
 	case h.Status == http.StatusTooManyRequests:
 		return 0, &attemptError{status: h.Status, full: true, err: errors.New("node at capacity")}
-	case h.Status >= 500:
+	case h.Status >= 500 || h.NodeFault:
 		return 0, &attemptError{status: h.Status, err: errors.New(readErrorMessage(br))}
 	case h.Status != http.StatusOK:
 		// The consumer's input was refused: neutral for the node, relayed as is.
@@ -247,8 +239,7 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 		c.w.Write(payload)
 		return h.Status, nil
 	}
-	s.SetDeadline(time.Now().Add(g.cfg.MaxCallTime))
-	rel := &relay{c: c, s: s, br: br, node: node}
+	rel := &relay{c: c, s: s, br: br, node: node, stopReset: stopReset, deadline: time.Now().Add(g.cfg.MaxCallTime)}
 	if c.meta.Stream {
 		status, aerr := rel.stream()
 		ok = aerr == nil
@@ -274,8 +265,10 @@ func readErrorMessage(br *bufio.Reader) string {
 
 // relay moves one successful answer from a node stream to the client.
 type relay struct {
-	c    *forwardCall
-	s    network.Stream
-	br   *bufio.Reader
-	node peer.ID
+	c         *forwardCall
+	s         network.Stream
+	br        *bufio.Reader
+	node      peer.ID
+	stopReset func() bool // disarms "client left: reset" once bytes reach the client
+	deadline  time.Time   // the call's MaxCallTime
 }

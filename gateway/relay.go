@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/tokenrouter/tokenrouter/gateway/route"
@@ -31,12 +32,29 @@ func (rl *relay) readTrailer(payload []byte) (*p2p.Trailer, error) {
 	if cl.PromptTokens < 0 || cl.CompletionTokens < 0 {
 		return nil, errors.New("the node's claim has negative tokens")
 	}
+	if err := p2p.VerifyClaim(cl, t.Sig); err != nil {
+		return nil, err
+	}
 	return &t, nil
+}
+
+// billed caps what a node claims by what the gateway can see: a token takes
+// at least a byte, so input is capped by the request's size and output by
+// the bytes delivered.
+func (rl *relay) billed(cl p2p.NodeClaim, completion, deliveredBytes int64) (int64, int64) {
+	prompt := min(cl.PromptTokens, int64(len(rl.c.body)))
+	completion = min(completion, deliveredBytes)
+	if prompt < cl.PromptTokens || completion < cl.CompletionTokens && completion == deliveredBytes {
+		rl.c.g.log.Warn("node claimed more tokens than it could have served; billing the cap",
+			"request", rl.c.id, "node", rl.node.String(), "claimed_prompt", cl.PromptTokens, "claimed_completion", cl.CompletionTokens)
+	}
+	return prompt, completion
 }
 
 // whole relays a non-streamed answer: body, then the node's claim. Nothing
 // reaches the client until both arrived, so any failure can fail over.
 func (rl *relay) whole() (int, *attemptError) {
+	rl.s.SetReadDeadline(rl.deadline)
 	typ, data, err := p2p.ReadFrame(rl.br, nil, p2p.MaxFrame)
 	if err != nil || typ != p2p.FrameData {
 		return 0, &attemptError{status: 200, err: fmt.Errorf("answer body lost: %v", err)}
@@ -49,31 +67,43 @@ func (rl *relay) whole() (int, *attemptError) {
 	if err != nil {
 		return 0, &attemptError{status: 200, err: err}
 	}
+	if t.Claim.Incomplete {
+		return 0, &attemptError{status: 200, err: errors.New("the node's engine broke off its answer")}
+	}
 	rl.s.Close()
 	c := rl.c
+	prompt, completion := rl.billed(t.Claim, t.Claim.CompletionTokens, int64(len(data)))
 	price := c.g.price(c.meta.Model)
-	cost := economy.Cost(price, t.Claim.PromptTokens, t.Claim.CompletionTokens)
-	out, err := withCost(data, t.Claim, t.Claim.CompletionTokens, cost)
+	cost := economy.Cost(price, prompt, completion)
+	out, err := withCost(data, prompt, completion, cost, t.Claim.Estimated)
 	if err != nil {
 		return 0, &attemptError{status: 200, err: fmt.Errorf("engine answer is not a JSON object: %w", err)}
 	}
 	h := c.w.Header()
 	h.Set(HeaderNode, rl.node.String())
 	h.Set("Content-Type", "application/json")
+	rl.writeDeadline()
 	c.w.WriteHeader(http.StatusOK)
 	c.w.Write(out)
-	c.bill(rl, t, t.Claim.PromptTokens, t.Claim.CompletionTokens, price, cost)
+	c.bill(rl, t, prompt, completion, price, cost)
 	return http.StatusOK, nil
 }
 
 // stream relays SSE. Until the first chunk after the header arrives nothing
 // is sent to the client, so a node dying there fails over; after it, a
-// failure ends the stream with an error event.
+// failure ends the stream with an error event, and the client pays for what
+// it received.
 func (rl *relay) stream() (int, *attemptError) {
 	c := rl.c
+	g := c.g
+	rl.s.SetReadDeadline(earliest(time.Now().Add(g.cfg.HeaderTimeout), rl.deadline))
 	typ, payload, err := p2p.ReadFrame(rl.br, nil, p2p.MaxFrame)
 	if err != nil {
 		return 0, &attemptError{status: 200, err: fmt.Errorf("stream broke before its first chunk: %w", err)}
+	}
+	if !rl.stopReset() || c.r.Context().Err() != nil {
+		c.outcome = route.Neutral
+		return 499, nil // the client left before its first byte: nothing served, nothing billed
 	}
 	h := c.w.Header()
 	h.Set(HeaderNode, rl.node.String())
@@ -82,15 +112,17 @@ func (rl *relay) stream() (int, *attemptError) {
 	h.Set("Connection", "keep-alive")
 	h.Set("X-Accel-Buffering", "no")
 	c.w.WriteHeader(http.StatusOK)
-	flusher, _ := c.w.(http.Flusher)
 
-	// The client leaving stops the node: close our side (the node cancels
-	// its engine and sends its claim), then wait a little for that claim.
+	// From here the client leaving stops the node gently: close our side
+	// (the node cancels its engine and sends its claim), then wait a little
+	// for that claim.
+	var gone atomic.Bool
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
 		select {
 		case <-c.r.Context().Done():
+			gone.Store(true)
 			rl.s.CloseWrite()
 			rl.s.SetReadDeadline(time.Now().Add(stopGrace))
 		case <-done:
@@ -98,32 +130,43 @@ func (rl *relay) stream() (int, *attemptError) {
 	}()
 
 	var (
-		delivered  int64
-		usageChunk []byte
-		trailer    *p2p.Trailer
-		broken     error
-		buf        []byte
-		first      time.Time
-		last       time.Time
+		delivered, deliveredBytes int64
+		usage                     json.RawMessage // the engine's usage object
+		trailer                   *p2p.Trailer
+		broken                    error
+		buf                       []byte
+		first, last               time.Time
 	)
+	deliver := func(data []byte) {
+		if gone.Load() {
+			return
+		}
+		rl.event(data)
+		deliveredBytes += int64(len(data))
+		if engine.ChunkHasContent(data) {
+			delivered++
+			last = time.Now()
+			if first.IsZero() {
+				first = last
+			}
+		}
+	}
 	for {
 		switch typ {
 		case p2p.FrameData:
-			if c.r.Context().Err() == nil {
-				writeEvent(c.w, payload)
-				if flusher != nil {
-					flusher.Flush()
-				}
-				if engine.ChunkHasContent(payload) {
-					delivered++
-					last = time.Now()
-					if first.IsZero() {
-						first = last
-					}
-				}
-			}
+			deliver(payload)
 		case p2p.FrameUsage:
-			usageChunk = bytes.Clone(payload)
+			// The chunk carrying usage may carry the answer's last words
+			// too: those are relayed now, the usage at the end.
+			rest, u, err := splitUsage(payload)
+			if err != nil {
+				broken = fmt.Errorf("bad usage chunk: %w", err)
+				break
+			}
+			usage = u
+			if rest != nil {
+				deliver(rest)
+			}
 		case p2p.FrameTrailer:
 			trailer, broken = rl.readTrailer(payload)
 		default:
@@ -132,61 +175,87 @@ func (rl *relay) stream() (int, *attemptError) {
 		if trailer != nil || broken != nil {
 			break
 		}
+		if !gone.Load() {
+			rl.s.SetReadDeadline(earliest(time.Now().Add(g.cfg.IdleTimeout), rl.deadline))
+		}
 		buf = payload[:0]
-		typ, payload, err = p2p.ReadFrame(rl.br, buf, p2p.MaxFrame)
-		if err != nil {
+		if typ, payload, err = p2p.ReadFrame(rl.br, buf, p2p.MaxFrame); err != nil {
 			broken = err
 			break
 		}
 	}
-	clientGone := c.r.Context().Err() != nil
+	clientGone := gone.Load() || c.r.Context().Err() != nil
 	c.tokens, c.span = delivered, last.Sub(first)
 	switch {
 	case clientGone:
 		c.outcome = route.Neutral
-	case trailer == nil:
+	case trailer == nil || trailer.Claim.Incomplete:
 		c.outcome = route.Failure
+		g.metrics.upstreamFailures.Inc()
+		g.log.Warn("stream broke after the first byte", "request", c.id, "node", rl.node.String(), "err", broken)
 	}
 	if trailer == nil {
+		// No claim from the node: nothing can be billed that it did not sign.
 		rl.s.Reset()
-		c.g.metrics.upstreamFailures.Inc()
-		c.g.log.Warn("stream broke after the first byte", "request", c.id, "node", rl.node.String(), "err", broken)
 		if !clientGone {
-			writeEvent(c.w, errorEvent(c, "the serving node failed mid-stream; the answer is incomplete"))
-			writeEvent(c.w, []byte("[DONE]"))
-			if flusher != nil {
-				flusher.Flush()
-			}
+			rl.event(errorEvent(c, "the serving node failed mid-stream; the answer is incomplete"))
+			rl.event([]byte("[DONE]"))
 		}
 		return http.StatusOK, nil
 	}
 	rl.s.Close()
-	claim := trailer.Claim
-	completion := claim.CompletionTokens
-	if clientGone || usageChunk == nil {
+	cl := trailer.Claim
+	completion := cl.CompletionTokens
+	if clientGone || usage == nil || cl.Incomplete {
 		completion = min(completion, delivered) // bill only what reached the client
 	}
-	price := c.g.price(c.meta.Model)
-	cost := economy.Cost(price, claim.PromptTokens, completion)
+	prompt, completion := rl.billed(cl, completion, deliveredBytes)
+	price := g.price(c.meta.Model)
+	cost := economy.Cost(price, prompt, completion)
 	if !clientGone {
-		if c.wantUsage && usageChunk != nil {
-			if out, err := withCost(usageChunk, claim, completion, cost); err == nil {
-				writeEvent(c.w, out)
+		switch {
+		case cl.Incomplete:
+			rl.event(errorEvent(c, "the serving node's engine broke off mid-stream; the answer is incomplete"))
+		case c.wantUsage:
+			if out, err := usageChunk(c, usage, prompt, completion, cost, cl.Estimated || usage == nil); err == nil {
+				rl.event(out)
 			}
 		}
-		writeEvent(c.w, []byte("[DONE]"))
-		if flusher != nil {
-			flusher.Flush()
-		}
+		rl.event([]byte("[DONE]"))
 	}
-	c.bill(rl, trailer, claim.PromptTokens, completion, price, cost)
+	c.bill(rl, trailer, prompt, completion, price, cost)
 	return http.StatusOK, nil
 }
 
-func writeEvent(w http.ResponseWriter, data []byte) {
-	w.Write([]byte("data: "))
-	w.Write(data)
-	w.Write([]byte("\n\n"))
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// writeDeadline bounds the next write to the client: a client that stops
+// reading loses its call instead of holding a node's slot.
+func (rl *relay) writeDeadline() {
+	http.NewResponseController(rl.c.w).SetWriteDeadline(time.Now().Add(rl.c.g.cfg.WriteTimeout))
+}
+
+// event writes one SSE event (each line of data as a data: field) and flushes.
+func (rl *relay) event(data []byte) {
+	w := rl.c.w
+	rl.writeDeadline()
+	for {
+		line, rest, more := bytes.Cut(data, []byte("\n"))
+		w.Write([]byte("data: "))
+		w.Write(line)
+		w.Write([]byte("\n"))
+		if !more {
+			break
+		}
+		data = rest
+	}
+	w.Write([]byte("\n"))
+	http.NewResponseController(w).Flush()
 }
 
 // errorEvent is the one SSE event that ends a stream broken after its first
@@ -206,28 +275,59 @@ func errorEvent(c *forwardCall, msg string) []byte {
 	return b
 }
 
+// splitUsage takes the usage out of a streamed chunk. rest is the chunk
+// without usage when it also carries choices (nil otherwise).
+func splitUsage(chunk []byte) (rest []byte, usage json.RawMessage, err error) {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(chunk, &obj); err != nil {
+		return nil, nil, err
+	}
+	usage = obj["usage"]
+	var choices []json.RawMessage
+	if json.Unmarshal(obj["choices"], &choices) == nil && len(choices) > 0 {
+		delete(obj, "usage")
+		rest, err = json.Marshal(obj)
+	}
+	return rest, usage, err
+}
+
+// usageChunk is the last streamed chunk a client that asked for usage gets:
+// the billed usage with cost_ucr and cost, in the engine's usage object
+// when it sent one.
+func usageChunk(c *forwardCall, engineUsage json.RawMessage, prompt, completion, cost int64, estimated bool) ([]byte, error) {
+	object := "chat.completion.chunk"
+	if c.path == "/completions" {
+		object = "text_completion"
+	}
+	base, _ := json.Marshal(map[string]any{
+		"id": c.id, "object": object, "created": time.Now().Unix(), "model": c.meta.Model,
+		"choices": []any{}, "usage": engineUsage,
+	})
+	return withCost(base, prompt, completion, cost, estimated)
+}
+
 // withCost returns body (a JSON object) with usage set to the billed
 // numbers plus cost_ucr and cost (credits), keeping every other field.
-func withCost(body []byte, claim p2p.NodeClaim, completion, cost int64) ([]byte, error) {
+func withCost(body []byte, prompt, completion, cost int64, estimated bool) ([]byte, error) {
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(body, &obj); err != nil {
 		return nil, err
 	}
 	usage := map[string]json.RawMessage{}
-	if raw, ok := obj["usage"]; ok && !bytes.Equal(raw, []byte("null")) {
+	if raw, ok := obj["usage"]; ok && !bytes.Equal(raw, []byte("null")) && len(raw) > 0 {
 		if err := json.Unmarshal(raw, &usage); err != nil {
 			return nil, err
 		}
 	}
 	set := func(k string, v any) { usage[k], _ = json.Marshal(v) }
-	set("prompt_tokens", claim.PromptTokens)
-	if _, isEmbedding := usage["completion_tokens"]; isEmbedding || completion > 0 || claim.CompletionTokens > 0 {
+	set("prompt_tokens", prompt)
+	if _, ok := usage["completion_tokens"]; ok || completion > 0 {
 		set("completion_tokens", completion)
 	}
-	set("total_tokens", claim.PromptTokens+completion)
+	set("total_tokens", prompt+completion)
 	set("cost_ucr", cost)
 	set("cost", float64(cost)/economy.UcrPerCredit)
-	if claim.Estimated {
+	if estimated {
 		set("estimated", true)
 	}
 	obj["usage"], _ = json.Marshal(usage)
@@ -242,7 +342,7 @@ func (c *forwardCall) bill(rl *relay, t *p2p.Trailer, prompt, completion int64, 
 		Node: rl.node.String(), Gateway: g.cfg.Host.ID().String(),
 		PromptTokens: prompt, CompletionTokens: completion,
 		Price: price, CostUcr: cost, TimeMs: time.Now().UnixMilli(),
-		Claim: t.Claim, NodeSig: t.Sig,
+		Claim: t.Claim, NodeSig: t.Sig, Grant: c.grant,
 	}
 	if err := r.Sign(g.cfg.Host.Key); err != nil {
 		g.log.Error("cannot sign a receipt", "request", c.id, "err", err)

@@ -12,14 +12,14 @@ import (
 
 // followScores fetches the settlement peer's current health scores, then
 // follows the ones it publishes, until ctx ends.
-func (g *Gateway) followScores(ctx context.Context) error {
+func (g *Gateway) followScores(ctx context.Context, wg *sync.WaitGroup) error {
 	topic, err := p2p.JoinHealthTopic(g.cfg.Host, g.cfg.Platform, nil)
 	if err != nil {
 		return err
 	}
 	sub, err := topic.Subscribe()
 	if err != nil {
-		topic.Close()
+
 		return err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -27,8 +27,7 @@ func (g *Gateway) followScores(ctx context.Context) error {
 		g.view.SetReport(resp.Health)
 	}
 	cancel()
-	go func() {
-		defer topic.Close()
+	wg.Go(func() {
 		defer sub.Cancel()
 		for {
 			msg, err := sub.Next(ctx)
@@ -39,7 +38,7 @@ func (g *Gateway) followScores(ctx context.Context) error {
 				g.view.SetReport(r)
 			}
 		}
-	}()
+	})
 	return nil
 }
 

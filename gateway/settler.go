@@ -24,8 +24,8 @@ type settler struct {
 
 	mu      sync.Mutex
 	queue   []*p2p.Receipt
+	sending int // receipts taken from the queue and not yet resolved
 	wake    chan struct{}
-	pending sync.WaitGroup
 }
 
 func newSettler(h *p2p.Host, platform peer.ID, log *slog.Logger, m metrics) *settler {
@@ -34,7 +34,6 @@ func newSettler(h *p2p.Host, platform peer.ID, log *slog.Logger, m metrics) *set
 
 // submit queues a signed receipt for delivery.
 func (s *settler) submit(r *p2p.Receipt) {
-	s.pending.Add(1)
 	s.mu.Lock()
 	s.queue = append(s.queue, r)
 	s.metrics.receiptsPending.Set(float64(len(s.queue)))
@@ -52,6 +51,7 @@ func (s *settler) run(ctx context.Context) {
 		s.mu.Lock()
 		batch := s.queue
 		s.queue = nil
+		s.sending = len(batch)
 		s.mu.Unlock()
 		if len(batch) == 0 {
 			select {
@@ -64,6 +64,7 @@ func (s *settler) run(ctx context.Context) {
 		failed := s.deliver(ctx, batch)
 		s.mu.Lock()
 		s.queue = append(failed, s.queue...)
+		s.sending = 0
 		s.metrics.receiptsPending.Set(float64(len(s.queue)))
 		s.mu.Unlock()
 		if len(failed) == 0 {
@@ -92,7 +93,6 @@ func (s *settler) deliver(ctx context.Context, batch []*p2p.Receipt) []*p2p.Rece
 		wg.Go(func() {
 			defer func() { <-sem }()
 			if s.send(ctx, r) {
-				s.pending.Done()
 				return
 			}
 			mu.Lock()
@@ -130,16 +130,24 @@ func (s *settler) send(ctx context.Context, r *p2p.Receipt) bool {
 	}
 }
 
-// flush waits up to d for queued receipts to be delivered.
+// flush waits up to d for every queued receipt to be resolved.
 func (s *settler) flush(d time.Duration) {
-	done := make(chan struct{})
-	go func() { s.pending.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(d):
+	deadline := time.Now().Add(d)
+	for {
 		s.mu.Lock()
-		n := len(s.queue)
+		n := len(s.queue) + s.sending
 		s.mu.Unlock()
-		s.log.Error("gateway stopping with receipts not delivered", "receipts", n)
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.log.Error("gateway stopping with receipts not delivered", "receipts", n)
+			return
+		}
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -22,6 +22,7 @@ import (
 // model, fed by gossiped announcements, the settlement peer's health
 // scores, and the outcome of every call this gateway made.
 type View struct {
+	self      string // this gateway's peer id: its own calls are counted live, not from gossip
 	now       func() time.Time
 	maxAge    time.Duration
 	rampStart float64 // ramp assumed for an instance settlement has not scored yet
@@ -45,8 +46,9 @@ type nodeEntry struct {
 }
 
 // NewView returns an empty view; announcements older than maxAge drop out.
-func NewView(rcfg route.Config, now func() time.Time, maxAge time.Duration, seed uint64) *View {
+func NewView(self string, rcfg route.Config, now func() time.Time, maxAge time.Duration, seed uint64) *View {
 	return &View{
+		self:      self,
 		now:       now,
 		maxAge:    maxAge,
 		rampStart: nodecore.DefaultRampConfig().Start,
@@ -82,7 +84,7 @@ func (v *View) Update(id peer.ID, a *p2p.Announcement) {
 		}
 	}
 	for _, m := range a.Models {
-		v.apply(id, m, a.TokPerSec, now)
+		v.apply(id, m, a, now)
 	}
 }
 
@@ -96,7 +98,7 @@ func serves(a *p2p.Announcement, model string) bool {
 }
 
 // apply pushes an instance's load and health into its table.
-func (v *View) apply(id peer.ID, m p2p.ModelLoad, tokPerSec float64, now time.Time) {
+func (v *View) apply(id peer.ID, m p2p.ModelLoad, a *p2p.Announcement, now time.Time) {
 	t := v.table(m.Model)
 	h := t.Add(id.String())
 	ramp := v.rampStart
@@ -104,7 +106,10 @@ func (v *View) apply(id peer.ID, m p2p.ModelLoad, tokPerSec float64, now time.Ti
 		ramp = s.Ramp
 		t.SetHealth(h, s.Score)
 	}
-	t.SetLoad(h, nodecore.EffectiveCapacity(m.Capacity, ramp), m.InFlight, tokPerSec, now)
+	// This gateway's share of the gossiped count is stale; Table adds its
+	// live count instead.
+	others := m.InFlight - a.InFlightBy[v.self]
+	t.SetLoad(h, nodecore.EffectiveCapacity(m.Capacity, ramp), others, a.TokPerSec, now)
 }
 
 func (v *View) removeInstance(id peer.ID, model string) {
@@ -169,7 +174,7 @@ func (v *View) SetReport(r *p2p.HealthReport) {
 		if e := v.nodes[id]; e != nil {
 			for _, m := range e.ann.Models {
 				if m.Model == s.Model {
-					v.apply(id, m, e.ann.TokPerSec, now)
+					v.apply(id, m, &e.ann, now)
 				}
 			}
 		}
@@ -335,15 +340,16 @@ func (v *View) expireLoop(ctx context.Context, every time.Duration) {
 	}
 }
 
-// forgetDisconnected drops a node as soon as this gateway's last connection
-// to it closes (a killed node leaves candidates at once, not after the
-// announcement timeout); its next announcement brings it back.
-func (v *View) forgetDisconnected(ctx context.Context, h *p2p.Host) error {
+// watchConnections takes a node out of the candidates as soon as this
+// gateway's last connection to it closes (a killed node stops getting calls
+// at once, not after the announcement timeout). Its breaker and health
+// state stay; its next announcement makes it a candidate again.
+func (v *View) watchConnections(ctx context.Context, h *p2p.Host, wg *sync.WaitGroup) error {
 	sub, err := h.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged))
 	if err != nil {
 		return err
 	}
-	go func() {
+	wg.Go(func() {
 		defer sub.Close()
 		for {
 			select {
@@ -354,10 +360,29 @@ func (v *View) forgetDisconnected(ctx context.Context, h *p2p.Host) error {
 					return
 				}
 				if ev := e.(event.EvtPeerConnectednessChanged); ev.Connectedness == network.NotConnected {
-					v.Forget(ev.Peer)
+					v.Unreachable(ev.Peer)
 				}
 			}
 		}
-	}()
+	})
 	return nil
+}
+
+// Unreachable marks every instance of a node as having no capacity until
+// its next announcement.
+func (v *View) Unreachable(id peer.ID) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	e := v.nodes[id]
+	if e == nil {
+		return
+	}
+	now := v.now()
+	for _, m := range e.ann.Models {
+		if t := v.tables[m.Model]; t != nil {
+			if h, ok := t.Lookup(id.String()); ok {
+				t.SetLoad(h, 0, 0, e.ann.TokPerSec, now)
+			}
+		}
+	}
 }

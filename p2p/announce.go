@@ -30,8 +30,11 @@ type Announcement struct {
 	Synthetic bool        `json:"synthetic,omitempty"` // served by the synthetic engine
 	Models    []ModelLoad `json:"models"`
 	TokPerSec float64     `json:"tok_s"` // measured generation rate, 0 until measured
-	TimeMs    int64       `json:"time_ms"`
-	Seq       uint64      `json:"seq"`
+	// InFlightBy splits the calls in flight by the gateway that sent them,
+	// so a gateway can replace its own (stale) share with what it knows now.
+	InFlightBy map[string]int `json:"in_flight_by,omitempty"`
+	TimeMs     int64          `json:"time_ms"`
+	Seq        uint64         `json:"seq"`
 }
 
 // ModelLoad is one instance: a model on a node, its declared capacity
@@ -44,23 +47,32 @@ type ModelLoad struct {
 
 // JoinLoadTopic joins the load topic with a validator that drops forged,
 // stale, replayed and oversized announcements. now is the clock it checks
-// freshness against (nil = time.Now).
+// freshness against (nil = time.Now). The topic is shared by every role on
+// the host: subscribe to it, do not close it.
 func JoinLoadTopic(h *Host, now func() time.Time) (*pubsub.Topic, error) {
 	if now == nil {
 		now = time.Now
 	}
-	v := &announceValidator{now: now, last: map[peer.ID]uint64{}}
-	if err := h.PubSub.RegisterTopicValidator(TopicLoad, v.validate); err != nil {
-		return nil, err
-	}
-	return h.PubSub.Join(TopicLoad)
+	return h.topic(TopicLoad, func() pubsub.ValidatorEx {
+		v := &announceValidator{now: now, last: map[peer.ID]seen{}}
+		return v.validate
+	})
 }
 
 type announceValidator struct {
 	now  func() time.Time
 	mu   sync.Mutex
-	last map[peer.ID]uint64
+	last map[peer.ID]seen
 }
+
+type seen struct {
+	seq uint64
+	at  time.Time
+}
+
+// maxTracked bounds the replay filter; past it, peers silent for longer
+// than MaxAnnouncementAge are forgotten (their old messages are stale anyway).
+const maxTracked = 100_000
 
 func (v *announceValidator) validate(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 	if len(m.Data) > MaxAnnouncement {
@@ -80,10 +92,17 @@ func (v *announceValidator) validate(_ context.Context, _ peer.ID, m *pubsub.Mes
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if a.Seq <= v.last[from] {
+	if a.Seq <= v.last[from].seq {
 		return pubsub.ValidationIgnore // replayed or reordered
 	}
-	v.last[from] = a.Seq
+	if len(v.last) >= maxTracked {
+		for p, s := range v.last {
+			if v.now().Sub(s.at) > MaxAnnouncementAge {
+				delete(v.last, p)
+			}
+		}
+	}
+	v.last[from] = seen{a.Seq, v.now()}
 	m.ValidatorData = &a
 	return pubsub.ValidationAccept
 }

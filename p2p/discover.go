@@ -12,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
@@ -42,6 +43,7 @@ func (h *Host) serveDiscover(s network.Stream) {
 	}
 	var reply discoverReply
 	if id, err := peer.Decode(string(payload)); err == nil && h.Network().Connectedness(id) == network.Connected {
+		h.waitIdentified(id, 2*time.Second)
 		for _, a := range h.Peerstore().Addrs(id) {
 			reply.Addrs = append(reply.Addrs, a.String())
 		}
@@ -130,4 +132,21 @@ func (h *Host) askWhere(ctx context.Context, via, p peer.ID) ([]ma.Multiaddr, er
 		}
 	}
 	return out, nil
+}
+
+// waitIdentified waits (up to d) until identify has told this host where
+// a peer that just connected listens.
+func (h *Host) waitIdentified(id peer.ID, d time.Duration) {
+	ids, ok := h.Host.(interface{ IDService() identify.IDService })
+	if !ok || len(h.Peerstore().Addrs(id)) > 0 {
+		return
+	}
+	timeout := time.After(d)
+	for _, c := range h.Network().ConnsToPeer(id) {
+		select {
+		case <-ids.IDService().IdentifyWait(c):
+		case <-timeout:
+			return
+		}
+	}
 }

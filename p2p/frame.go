@@ -2,6 +2,7 @@ package p2p
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -22,6 +23,9 @@ const (
 
 // MaxFrame bounds any single frame; larger frames are a protocol error.
 const MaxFrame = 16 << 20
+
+// eagerAlloc is the largest frame allocated before its bytes arrive.
+const eagerAlloc = 64 << 10
 
 // ErrFrameTooLarge is returned when a peer announces a frame above the limit.
 var ErrFrameTooLarge = errors.New("p2p: frame too large")
@@ -54,8 +58,17 @@ func ReadFrame(r *bufio.Reader, buf []byte, max int) (typ byte, payload []byte, 
 	}
 	if uint64(cap(buf)) >= n {
 		payload = buf[:n]
-	} else {
+	} else if n <= eagerAlloc {
 		payload = make([]byte, n)
+	} else {
+		// A peer's length prefix is only a promise: grow with the bytes
+		// that actually arrive instead of allocating it up front.
+		var b bytes.Buffer
+		b.Grow(eagerAlloc)
+		if _, err := io.CopyN(&b, r, int64(n)); err != nil {
+			return 0, nil, unexpected(err)
+		}
+		return typ, b.Bytes(), nil
 	}
 	if _, err := io.ReadFull(r, payload); err != nil {
 		return 0, nil, unexpected(err)

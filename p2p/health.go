@@ -40,9 +40,13 @@ func JoinHealthTopic(h *Host, platform peer.ID, now func() time.Time) (*pubsub.T
 	if now == nil {
 		now = time.Now
 	}
+	return h.topic(TopicHealth, func() pubsub.ValidatorEx { return healthValidator(platform, now) })
+}
+
+func healthValidator(platform peer.ID, now func() time.Time) pubsub.ValidatorEx {
 	var mu sync.Mutex
 	last := map[peer.ID]uint64{}
-	err := h.PubSub.RegisterTopicValidator(TopicHealth, func(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	return func(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 		from := m.GetFrom()
 		if platform != "" && from != platform {
 			return pubsub.ValidationReject // only the platform scores
@@ -63,9 +67,5 @@ func JoinHealthTopic(h *Host, platform peer.ID, now func() time.Time) (*pubsub.T
 		last[from] = r.Seq
 		m.ValidatorData = &r
 		return pubsub.ValidationAccept
-	})
-	if err != nil {
-		return nil, err
 	}
-	return h.PubSub.Join(TopicHealth)
 }

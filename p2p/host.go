@@ -74,6 +74,33 @@ type Host struct {
 	bootstrap []peer.AddrInfo
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
+
+	topicMu sync.Mutex
+	topics  map[string]*pubsub.Topic
+}
+
+// topic joins name once per host, registering validator the first time;
+// every role in the process shares the topic (a node may also be a
+// gateway). Callers subscribe to it but never close it.
+func (h *Host) topic(name string, validator func() pubsub.ValidatorEx) (*pubsub.Topic, error) {
+	h.topicMu.Lock()
+	defer h.topicMu.Unlock()
+	if t, ok := h.topics[name]; ok {
+		return t, nil
+	}
+	if err := h.PubSub.RegisterTopicValidator(name, validator()); err != nil {
+		return nil, err
+	}
+	t, err := h.PubSub.Join(name)
+	if err != nil {
+		h.PubSub.UnregisterTopicValidator(name)
+		return nil, err
+	}
+	if h.topics == nil {
+		h.topics = map[string]*pubsub.Topic{}
+	}
+	h.topics[name] = t
+	return t, nil
 }
 
 // NewHost loads (or creates) the identity in cfg.DataDir, starts listening,

@@ -69,6 +69,7 @@ type AccountInfo struct {
 type SettleResponse struct {
 	Error   *RPCError           `json:"error,omitempty"`
 	Account *AccountInfo        `json:"account,omitempty"`
+	Grant   *Grant              `json:"grant,omitempty"` // auth: lets the asking gateway bill this account
 	Prices  *economy.PriceTable `json:"prices,omitempty"`
 	Applied bool                `json:"applied,omitempty"` // receipt: false means it was a duplicate
 	Health  *HealthReport       `json:"health,omitempty"`

@@ -22,11 +22,14 @@ type InferRequest struct {
 }
 
 // InferHeader is the node's first answer: the upstream status. A 429 means
-// the node is full (not a failure); 5xx is a node failure; other 4xx are the
-// consumer's doing and neutral.
+// the node is full (not a failure); 5xx or NodeFault is a node failure;
+// other 4xx are the consumer's doing and neutral.
 type InferHeader struct {
 	Status int    `json:"status"`
 	Node   string `json:"node"`
+	// NodeFault marks an error that is the node's own (its engine is down,
+	// refused the node's credentials, lacks the model): never the consumer's.
+	NodeFault bool `json:"node_fault,omitempty"`
 }
 
 // Trailer ends a successful call: what the node claims it served, signed.
@@ -43,7 +46,8 @@ type NodeClaim struct {
 	Gateway          string `json:"gateway"`
 	PromptTokens     int64  `json:"prompt_tokens"`
 	CompletionTokens int64  `json:"completion_tokens"`
-	Estimated        bool   `json:"estimated,omitempty"` // the engine reported no usage; counted by the node
+	Estimated        bool   `json:"estimated,omitempty"`  // the engine reported no usage; counted by the node
+	Incomplete       bool   `json:"incomplete,omitempty"` // the engine broke off mid-answer
 }
 
 // Domain-separation prefixes for everything a peer key signs.
@@ -51,6 +55,7 @@ const (
 	claimDomain    = "tokenrouter/node-claim/1\n"
 	receiptDomain  = "tokenrouter/receipt/1\n"
 	registerDomain = "tokenrouter/register-node/1\n"
+	grantDomain    = "tokenrouter/grant/1\n"
 )
 
 // SigningBytes is the exact byte string a node signs for this claim.
@@ -74,7 +79,38 @@ type Receipt struct {
 	TimeMs           int64         `json:"time_ms"`
 	Claim            NodeClaim     `json:"claim"`
 	NodeSig          []byte        `json:"node_sig"`
+	Grant            *Grant        `json:"grant"` // proof the gateway held one of Consumer's API keys
 	GatewaySig       []byte        `json:"gateway_sig,omitempty"`
+}
+
+// Grant is the settlement peer's signed statement that a gateway presented
+// an API key of an account: only that gateway may bill that account, and
+// only for calls made before the grant expires.
+type Grant struct {
+	Account   string `json:"account"`
+	Gateway   string `json:"gateway"`
+	ExpiresMs int64  `json:"expires_ms"`
+	Sig       []byte `json:"sig"`
+}
+
+func (g *Grant) signingBytes() []byte {
+	return fmt.Appendf([]byte(grantDomain), "%s\n%s\n%d", g.Account, g.Gateway, g.ExpiresMs)
+}
+
+// Sign signs the grant with the settlement peer's key.
+func (g *Grant) Sign(key crypto.PrivKey) error {
+	sig, err := key.Sign(g.signingBytes())
+	g.Sig = sig
+	return err
+}
+
+// Verify checks the grant was signed by pub.
+func (g *Grant) Verify(pub crypto.PubKey) error {
+	ok, err := pub.Verify(g.signingBytes(), g.Sig)
+	if err != nil || !ok {
+		return fmt.Errorf("grant: %w", ErrBadSignature)
+	}
+	return nil
 }
 
 // Errors from receipt checks.
@@ -168,3 +204,11 @@ func (r *NodeRegistration) Sign(key crypto.PrivKey) error {
 
 // Verify checks the node's signature.
 func (r *NodeRegistration) Verify() error { return verifyBy(r.Node, r.signingBytes(), r.NodeSig) }
+
+// VerifyClaim checks a node's signature on its claim.
+func VerifyClaim(c NodeClaim, sig []byte) error {
+	if err := verifyBy(c.Node, c.SigningBytes(), sig); err != nil {
+		return fmt.Errorf("node signature: %w", err)
+	}
+	return nil
+}

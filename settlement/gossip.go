@@ -20,7 +20,6 @@ func (s *Settlement) runReputation(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer load.Close()
 	sub, err := load.Subscribe()
 	if err != nil {
 		return err
@@ -30,7 +29,6 @@ func (s *Settlement) runReputation(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer health.Close()
 
 	publishSoon := make(chan struct{}, 1)
 	var wg sync.WaitGroup

@@ -24,21 +24,18 @@ func rpcErr(code, msg string) *p2p.SettleResponse {
 func (s *Settlement) handle(_ context.Context, remote peer.ID, req *p2p.SettleRequest) *p2p.SettleResponse {
 	switch req.Op {
 	case p2p.OpAuth, p2p.OpAccount:
-		return s.account(req.APIKey)
+		resp := s.account(req.APIKey)
+		if resp.Account != nil {
+			resp.Grant = s.grant(resp.Account.Account, remote)
+		}
+		return resp
 	case p2p.OpPrices:
 		t := s.cfg.Prices
 		return &p2p.SettleResponse{Prices: &t}
 	case p2p.OpRegister:
 		return s.registerNode(remote, req.Register)
 	case p2p.OpReport:
-		now := time.Now()
-		for _, r := range req.Reports {
-			if _, err := peer.Decode(r.Node); err != nil || r.Model == "" {
-				continue
-			}
-			s.rep.Record(r.Node, r.Model, nodecore.EventFailure, r.Failures, now)
-			s.rep.Record(r.Node, r.Model, nodecore.EventNeutral, r.Neutral, now)
-		}
+		s.takeReports(remote, req.Reports, time.Now())
 		return &p2p.SettleResponse{}
 	case p2p.OpScores:
 		var seq uint64
@@ -111,7 +108,8 @@ func receiptError(err error) *p2p.SettleResponse {
 	switch {
 	case errors.Is(err, ledger.ErrConflict):
 		return rpcErr(p2p.CodeConflict, err.Error())
-	case errors.Is(err, ErrReceiptRejected), errors.Is(err, p2p.ErrBadReceipt), errors.Is(err, p2p.ErrBadSignature):
+	case errors.Is(err, ErrReceiptRejected), errors.Is(err, p2p.ErrBadReceipt), errors.Is(err, p2p.ErrBadSignature),
+		errors.Is(err, ledger.ErrInvalid), errors.Is(err, ledger.ErrUnknownAccount):
 		return rpcErr(p2p.CodeInvalid, err.Error())
 	default:
 		return rpcErr(p2p.CodeInternal, "could not settle the receipt; retry")
@@ -146,6 +144,9 @@ func (s *Settlement) ApplyReceipt(from peer.ID, r *p2p.Receipt) (applied bool, e
 	}
 	if r.RequestID == "" {
 		return false, fmt.Errorf("%w: no request id", ErrReceiptRejected)
+	}
+	if err := s.checkGrant(r); err != nil {
+		return false, err
 	}
 	if err := r.Verify(); err != nil {
 		return false, err

@@ -65,13 +65,14 @@ func (c *Config) Validate() error {
 
 // Settlement is a running settlement peer.
 type Settlement struct {
-	cfg     Config
-	log     *slog.Logger
-	led     *ledger.Ledger
-	signups *rateLimiter
-	rep     *Reputation
-	reg     *prometheus.Registry
-	metrics metrics
+	cfg      Config
+	log      *slog.Logger
+	led      *ledger.Ledger
+	signups  *rateLimiter
+	rep      *Reputation
+	gateways gatewayBook
+	reg      *prometheus.Registry
+	metrics  metrics
 }
 
 // New checks cfg and returns a settlement peer ready to Run.

@@ -30,6 +30,7 @@ type fixture struct {
 	node   *p2p.Host
 	srv    *httptest.Server
 	prices economy.PriceTable
+	keys   map[string]string // account -> an API key the fixture's gateway may present
 }
 
 func newHost(t *testing.T, bootstrap ...string) *p2p.Host {
@@ -205,7 +206,26 @@ func (f *fixture) signup(t *testing.T) (key, account string) {
 		t.Fatal(err)
 	}
 	checkInvariants(t, f.led)
+	if f.keys == nil {
+		f.keys = map[string]string{}
+	}
+	f.keys[r.Account] = r.APIKey
 	return r.APIKey, r.Account
+}
+
+// grant has gw present the account's API key to settlement, as a gateway
+// does before its first call, and returns the grant settlement signs.
+func (f *fixture) grant(t *testing.T, gw *p2p.Host, account string) *p2p.Grant {
+	t.Helper()
+	key, ok := f.keys[account]
+	if !ok {
+		return nil // the gateway never held a key of this account
+	}
+	resp, err := f.call(t, gw, &p2p.SettleRequest{Op: p2p.OpAccount, APIKey: key})
+	if err != nil || resp.Grant == nil {
+		t.Fatalf("auth for a grant: %v", err)
+	}
+	return resp.Grant
 }
 
 func (f *fixture) call(t *testing.T, from *p2p.Host, req *p2p.SettleRequest) (*p2p.SettleResponse, error) {
@@ -246,7 +266,7 @@ func (f *fixture) receipt(t *testing.T, consumer, reqID string, prompt, completi
 		RequestID: reqID, Model: model, Consumer: consumer, Node: claim.Node, Gateway: claim.Gateway,
 		PromptTokens: prompt, CompletionTokens: completion,
 		Price: price, CostUcr: economy.Cost(price, prompt, completion),
-		TimeMs: time.Now().UnixMilli(), Claim: claim, NodeSig: sig,
+		TimeMs: time.Now().UnixMilli(), Claim: claim, NodeSig: sig, Grant: f.grant(t, f.gw, consumer),
 	}
 	if err := r.Sign(f.gw.Key); err != nil {
 		t.Fatal(err)
@@ -553,40 +573,62 @@ func TestReceiptSystemAccountConsumer(t *testing.T) {
 	for _, sys := range []string{ledger.AccountMint, ledger.AccountBountyPool, ledger.AccountPlatform} {
 		t.Run(sys, func(t *testing.T) {
 			before := f.balances(t)
-			resp, err := f.send(t, f.gw, f.receipt(t, sys, "sys-"+sys, 1_000_000, 1_000_000))
-			after := f.balances(t)
-			if err == nil {
-				t.Skipf("BUG: Settlement.ApplyReceipt (settlement/rpc.go, the consumer check `s.led.Account(r.Consumer)`) "+
-					"accepts a receipt whose consumer is the system account %q: applied=%v, balances %v -> %v",
-					sys, resp.Applied, before, after)
-			}
-			wantUnchanged(t, before, after)
-			var rpcErr *p2p.RPCError
-			if errors.As(err, &rpcErr) && rpcErr.Code == p2p.CodeInternal {
-				t.Skipf("BUG: a receipt charging %q is refused as %q (\"retry\") instead of %q: "+
-					"the ledger's ErrInvalid (self-transfer) is not mapped by receiptError in settlement/rpc.go, so a gateway would retry it forever",
-					sys, rpcErr.Code, p2p.CodeInvalid)
-			}
+			_, err := f.send(t, f.gw, f.receipt(t, sys, "sys-"+sys, 1_000_000, 1_000_000))
 			wantRPCCode(t, err, p2p.CodeInvalid)
+			wantUnchanged(t, before, f.balances(t))
 		})
 	}
 }
 
-// TestReceiptFromAnyPeer: settlement takes a receipt charging any account
-// from any peer that signs it as the gateway, with a node it also controls.
-// Gateways are run by consumers (SPEC §1), so a receipt should only charge
-// an account whose API key that gateway presented.
-func TestReceiptFromAnyPeer(t *testing.T) {
+// TestReceiptNeedsAGrant: a receipt only charges an account whose API key
+// the sending gateway presented (settlement signed it a grant), for calls
+// made before that grant expired. Gateways are run by consumers (SPEC §1).
+func TestReceiptNeedsAGrant(t *testing.T) {
 	f := newFixture(t, nil)
-	_, victim := f.signup(t) // the fixture's gateway never saw the victim's key
+	_, victim := f.signup(t)
+	victimKey := f.keys[victim]
+	delete(f.keys, victim) // the fixture's gateway never saw the victim's key
 	before := f.balances(t)
-	resp, err := f.send(t, f.gw, f.receipt(t, victim, "theft", 1_000_000, 1_000_000))
-	if err == nil && resp.Applied {
-		t.Skipf("BUG (design): a peer that never authenticated as %s charged it %d µcr for a call served by its own node; "+
-			"ApplyReceipt (settlement/rpc.go) does not bind the consumer to an API key the sending gateway presented",
-			victim, before[victim]-f.balances(t)[victim])
-	}
+	_, err := f.send(t, f.gw, f.receipt(t, victim, "theft", 1_000_000, 1_000_000))
+	wantRPCCode(t, err, p2p.CodeInvalid)
 	wantUnchanged(t, before, f.balances(t))
+
+	// A grant made out to another gateway does not transfer.
+	other := newHost(t, f.settle.FullAddrs()[0])
+	f.keys[victim] = victimKey
+	theirs := f.grant(t, other, victim)
+	r := f.receipt(t, victim, "borrowed-grant", 1000, 1000)
+	r.Grant = theirs
+	if err := r.Sign(f.gw.Key); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.send(t, f.gw, r)
+	wantRPCCode(t, err, p2p.CodeInvalid)
+
+	// A forged grant (signed by anyone but settlement) does not either.
+	forged := *f.grant(t, f.gw, victim)
+	if err := forged.Sign(f.gw.Key); err != nil {
+		t.Fatal(err)
+	}
+	r = f.receipt(t, victim, "forged-grant", 1000, 1000)
+	r.Grant = &forged
+	r.Sign(f.gw.Key)
+	_, err = f.send(t, f.gw, r)
+	wantRPCCode(t, err, p2p.CodeInvalid)
+
+	// A call after the grant expired is refused.
+	r = f.receipt(t, victim, "late", 1000, 1000)
+	r.TimeMs = r.Grant.ExpiresMs + 1
+	r.Sign(f.gw.Key)
+	_, err = f.send(t, f.gw, r)
+	wantRPCCode(t, err, p2p.CodeInvalid)
+	wantUnchanged(t, before, f.balances(t))
+
+	// With its own grant the same gateway's receipt settles.
+	resp, err := f.send(t, f.gw, f.receipt(t, victim, "honest", 1000, 1000))
+	if err != nil || !resp.Applied {
+		t.Fatalf("a granted receipt: %v", err)
+	}
 }
 
 func TestReceiptConcurrentReplays(t *testing.T) {

@@ -46,6 +46,12 @@ func (n *Node) Announcement() p2p.Announcement {
 		TokPerSec: n.tokPerS,
 		TimeMs:    time.Now().UnixMilli(),
 	}
+	if len(n.byPeer) > 0 {
+		a.InFlightBy = make(map[string]int, len(n.byPeer))
+		for k, v := range n.byPeer {
+			a.InFlightBy[k] = v
+		}
+	}
 	for _, m := range n.models {
 		a.Models = append(a.Models, p2p.ModelLoad{Model: m, Capacity: n.cfg.Capacity, InFlight: n.inFlight})
 	}

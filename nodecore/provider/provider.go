@@ -21,27 +21,31 @@ import (
 
 // Config configures a node.
 type Config struct {
-	Host       *p2p.Host
-	Upstream   *engine.Upstream
-	Platform   peer.ID       // the settlement peer to register with
-	AccountKey string        // API key of the operator's account; "" = earnings accrue to node:<peer id>
-	Models     []string      // models to serve; empty = every model the engine lists
-	Capacity   int           // concurrent calls per model this node takes
-	Synthetic  bool          // the upstream is the synthetic engine (shown in announcements)
-	Hardware   string        // shown in announcements; "" = a CPU description
-	Logger     *slog.Logger  // nil = discard
-	Announce   time.Duration // minimum gap between announcements on change
-	Heartbeat  time.Duration // an announcement at least this often even without change
-	MaxBody    int64         // largest upstream response body read for a non-streamed call
+	Host         *p2p.Host
+	Upstream     *engine.Upstream
+	Platform     peer.ID       // the settlement peer to register with
+	AccountKey   string        // API key of the operator's account; "" = earnings accrue to node:<peer id>
+	Models       []string      // models to serve; empty = every model the engine lists
+	Capacity     int           // concurrent calls per model this node takes
+	Synthetic    bool          // the upstream is the synthetic engine (shown in announcements)
+	Hardware     string        // shown in announcements; "" = a CPU description
+	Logger       *slog.Logger  // nil = discard
+	Announce     time.Duration // minimum gap between announcements on change
+	Heartbeat    time.Duration // an announcement at least this often even without change
+	MaxBody      int64         // largest upstream response body read for a non-streamed call
+	MaxRequest   int64         // largest request body a gateway may send
+	WriteTimeout time.Duration // a gateway that reads nothing for this long loses the stream
 }
 
 // DefaultConfig returns the defaults; Host, Upstream and Platform must be set.
 func DefaultConfig() Config {
 	return Config{
-		Capacity:  8,               // a modest GPU batch; operators raise it with --capacity
-		Announce:  time.Second,     // SPEC: at most every second
-		Heartbeat: 3 * time.Second, // well inside the 10 s freshness window validators apply
-		MaxBody:   32 << 20,        // embeddings of long inputs stay well below this
+		Capacity:     8,                // a modest GPU batch; operators raise it with --capacity
+		Announce:     time.Second,      // SPEC: at most every second
+		Heartbeat:    3 * time.Second,  // well inside the 10 s freshness window validators apply
+		MaxBody:      32 << 20,         // embeddings of long inputs stay well below this
+		MaxRequest:   8 << 20,          // the gateway's own limit
+		WriteTimeout: 30 * time.Second, // far above any healthy client's pause
 	}
 }
 
@@ -58,6 +62,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("provider: capacity must be at least 1, got %d", c.Capacity)
 	case c.Announce < 100*time.Millisecond || c.Heartbeat < c.Announce:
 		return errors.New("provider: announce interval must be >= 100ms and heartbeat >= announce")
+	case c.MaxBody <= 0 || c.MaxRequest <= 0 || c.WriteTimeout <= 0:
+		return errors.New("provider: body limits and write timeout must be positive")
 	}
 	return nil
 }
@@ -72,8 +78,9 @@ type Node struct {
 	models   []string
 	serves   map[string]bool
 	inFlight int
-	tokPerS  float64 // EWMA of measured generation rate
-	version  uint64  // bumped on every change worth announcing
+	byPeer   map[string]int // calls in flight per gateway
+	tokPerS  float64        // EWMA of measured generation rate
+	version  uint64         // bumped on every change worth announcing
 	changed  chan struct{}
 	seq      uint64
 	account  string
@@ -95,6 +102,7 @@ func New(cfg Config) (*Node, error) {
 		cfg:     cfg,
 		log:     log,
 		serves:  map[string]bool{},
+		byPeer:  map[string]int{},
 		changed: make(chan struct{}, 1),
 		seq:     uint64(time.Now().UnixNano()), // grows across restarts, so validators accept a restarted node
 	}, nil
@@ -115,7 +123,6 @@ func (n *Node) Run(ctx context.Context, ready func()) error {
 		return fmt.Errorf("provider: join load topic: %w", err)
 	}
 	n.topic = topic
-	defer topic.Close()
 	n.cfg.Host.SetStreamHandler(p2p.ProtoInfer, n.serveInfer(ctx))
 	defer n.cfg.Host.RemoveStreamHandler(p2p.ProtoInfer)
 	n.log.Info("node serving", "peer", n.cfg.Host.ID().String(), "models", n.models, "capacity", n.cfg.Capacity)

@@ -53,21 +53,18 @@ func (c *call) serve(parent context.Context) error {
 	if err := json.Unmarshal(payload, &c.req); err != nil {
 		return fmt.Errorf("bad request header: %w", err)
 	}
-	typ, body, err := p2p.ReadFrame(r, nil, p2p.MaxFrame)
-	if err != nil || typ != p2p.FrameBody {
-		return fmt.Errorf("read body: %v", err)
-	}
-	c.s.SetReadDeadline(time.Time{})
-
 	n := c.n
 	if !upstreamPaths[c.req.Path] {
 		return c.refuse(http.StatusNotFound, "invalid_request_error", "unknown_endpoint", "this node does not serve "+c.req.Path)
 	}
+	// Take a slot before reading a body of up to MaxBody.
+	gw := c.s.Conn().RemotePeer().String()
 	n.mu.Lock()
 	serves := n.serves[c.req.Model]
 	full := n.inFlight >= n.cfg.Capacity
 	if serves && !full {
 		n.inFlight++
+		n.byPeer[gw]++
 	}
 	n.mu.Unlock()
 	if !serves {
@@ -80,9 +77,21 @@ func (c *call) serve(parent context.Context) error {
 	defer func() {
 		n.mu.Lock()
 		n.inFlight--
+		if n.byPeer[gw]--; n.byPeer[gw] <= 0 {
+			delete(n.byPeer, gw)
+		}
 		n.mu.Unlock()
 		n.markChanged()
 	}()
+	typ, body, err := p2p.ReadFrame(r, nil, int(n.cfg.MaxRequest))
+	if err != nil || typ != p2p.FrameBody {
+		return fmt.Errorf("read body: %v", err)
+	}
+	c.s.SetReadDeadline(time.Time{})
+	// What the engine will see must be what the gateway routes and bills.
+	if meta, err := openai.ParseMeta(body); err != nil || meta.Model != c.req.Model || meta.Stream != c.req.Stream {
+		return c.refuse(http.StatusBadRequest, "invalid_request_error", "mismatch", "the request header does not match its body")
+	}
 
 	// The gateway closing its side of the stream means "stop": the client
 	// left. Cancelling ctx stops the engine; the node still sends its claim
@@ -102,7 +111,7 @@ func (c *call) serve(parent context.Context) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		errBody, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		return c.answer(resp.StatusCode, errBody)
+		return c.upstreamError(resp.StatusCode, errBody)
 	}
 	if c.req.Stream {
 		return c.relayStream(ctx, resp.Body, start)
@@ -110,25 +119,54 @@ func (c *call) serve(parent context.Context) error {
 	return c.relayBody(resp.Body, start)
 }
 
-// refuse answers with an OpenAI-shaped error and no claim.
+// upstreamError maps an engine's error status to what the gateway needs:
+// the consumer's own mistakes (400, 413, 422) are relayed as they are; an
+// engine too busy (408, 429) makes the node full; anything else (the
+// node's credentials refused, a model the engine lacks, a crash) is the
+// node's failure, so the gateway tries another node.
+func (c *call) upstreamError(status int, body []byte) error {
+	switch {
+	case status == http.StatusBadRequest, status == http.StatusRequestEntityTooLarge, status == http.StatusUnprocessableEntity:
+		return c.answer(status, openai.NormalizeError(status, body), false)
+	case status == http.StatusRequestTimeout, status == http.StatusTooManyRequests:
+		return c.refuse(http.StatusTooManyRequests, "rate_limit_error", "node_full", "the node's engine is busy")
+	case status >= 500:
+		return c.answer(status, openai.NormalizeError(status, body), true)
+	default:
+		c.n.log.Warn("engine refused a call", "status", status, "request", c.req.RequestID)
+		return c.refuse(http.StatusBadGateway, "server_error", "upstream_refused", fmt.Sprintf("the node's engine answered %d", status))
+	}
+}
+
+// refuse answers with the node's own OpenAI-shaped error and no claim.
+// Every refusal but "full" is the node's failure, never the consumer's.
 func (c *call) refuse(status int, typ, code, msg string) error {
-	return c.answer(status, openai.ErrorJSON(typ, "", code, msg))
+	return c.answer(status, openai.ErrorJSON(typ, "", code, msg), status != http.StatusTooManyRequests)
 }
 
 // answer sends a status and a whole body with no claim (nothing to bill).
-func (c *call) answer(status int, body []byte) error {
-	if err := c.header(status); err != nil {
+func (c *call) answer(status int, body []byte, nodeFault bool) error {
+	if err := c.headerFault(status, nodeFault); err != nil {
 		return err
 	}
-	if err := p2p.WriteFrame(c.w, p2p.FrameData, body); err != nil {
+	if err := c.write(p2p.FrameData, body); err != nil {
 		return err
 	}
 	return c.w.Flush()
 }
 
-func (c *call) header(status int) error {
-	h, _ := json.Marshal(p2p.InferHeader{Status: status, Node: c.n.cfg.Host.ID().String()})
-	return p2p.WriteFrame(c.w, p2p.FrameHeader, h)
+func (c *call) header(status int) error { return c.headerFault(status, false) }
+
+func (c *call) headerFault(status int, nodeFault bool) error {
+	h, _ := json.Marshal(p2p.InferHeader{Status: status, Node: c.n.cfg.Host.ID().String(), NodeFault: nodeFault})
+	return c.write(p2p.FrameHeader, h)
+}
+
+// write sends one frame; a gateway that stops reading for WriteTimeout
+// (its client stalled) loses the stream rather than holding the slot.
+func (c *call) write(typ byte, payload []byte) error {
+	c.s.SetWriteDeadline(time.Now().Add(c.n.cfg.WriteTimeout))
+	return p2p.WriteFrame(c.w, typ, payload)
 }
 
 func (c *call) relayBody(body io.Reader, start time.Time) error {
@@ -155,7 +193,7 @@ func (c *call) relayBody(body io.Reader, start time.Time) error {
 	if err := c.header(http.StatusOK); err != nil {
 		return err
 	}
-	if err := p2p.WriteFrame(c.w, p2p.FrameData, data); err != nil {
+	if err := c.write(p2p.FrameData, data); err != nil {
 		return err
 	}
 	return c.trailer(claim)
@@ -172,31 +210,32 @@ func (c *call) relayStream(ctx context.Context, body io.Reader, start time.Time)
 	var usage *engine.Usage
 	var chunks int64
 	var first, last time.Time
-	for {
+	done := false
+	for !done {
 		data, err := sse.Next()
 		if err != nil {
-			if errors.Is(err, io.EOF) || ctx.Err() != nil {
-				break
+			if !errors.Is(err, io.EOF) && ctx.Err() == nil {
+				c.n.log.Warn("engine stream broke", "request", c.req.RequestID, "err", err)
 			}
-			// The engine broke off: end with a claim for what was sent.
-			c.n.log.Warn("engine stream broke", "request", c.req.RequestID, "err", err)
 			break
 		}
 		if string(data) == "[DONE]" {
+			done = true
 			break
 		}
 		typ := byte(p2p.FrameData)
 		if u := engine.ChunkUsage(data); u != nil {
 			usage = u
 			typ = p2p.FrameUsage
-		} else if engine.ChunkHasContent(data) {
+		}
+		if engine.ChunkHasContent(data) {
 			chunks++
 			last = time.Now()
 			if first.IsZero() {
 				first = last
 			}
 		}
-		if err := p2p.WriteFrame(c.w, typ, data); err != nil {
+		if err := c.write(typ, data); err != nil {
 			return err
 		}
 		if err := c.w.Flush(); err != nil {
@@ -207,6 +246,9 @@ func (c *call) relayStream(ctx context.Context, body io.Reader, start time.Time)
 	if usage != nil {
 		claim = p2p.NodeClaim{PromptTokens: usage.PromptTokens, CompletionTokens: usage.CompletionTokens}
 	}
+	// An engine that ended without [DONE] broke off, unless the gateway
+	// asked to stop.
+	claim.Incomplete = !done && ctx.Err() == nil
 	if chunks > 1 {
 		c.n.measure(chunks-1, last.Sub(first))
 	}
@@ -224,7 +266,7 @@ func (c *call) trailer(claim p2p.NodeClaim) error {
 		return err
 	}
 	t, _ := json.Marshal(p2p.Trailer{Claim: claim, Sig: sig})
-	if err := p2p.WriteFrame(c.w, p2p.FrameTrailer, t); err != nil {
+	if err := c.write(p2p.FrameTrailer, t); err != nil {
 		return err
 	}
 	return c.w.Flush()

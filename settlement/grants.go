@@ -1,0 +1,107 @@
+package settlement
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/nodecore"
+	"github.com/tokenrouter/tokenrouter/p2p"
+	"github.com/tokenrouter/tokenrouter/settlement/ledger"
+)
+
+// GrantTTL is how long a grant lets a gateway bill an account after it last
+// presented one of the account's API keys. Receipts delayed by an outage
+// settle as long as the call itself happened within it.
+const GrantTTL = time.Hour
+
+// grant signs that gateway presented an API key of account.
+func (s *Settlement) grant(account string, gateway peer.ID) *p2p.Grant {
+	g := &p2p.Grant{Account: account, Gateway: gateway.String(), ExpiresMs: time.Now().Add(GrantTTL).UnixMilli()}
+	if err := g.Sign(s.cfg.Host.Key); err != nil {
+		s.log.Error("cannot sign a grant", "err", err)
+		return nil
+	}
+	s.gateways.seen(gateway, time.Now())
+	return g
+}
+
+// checkGrant makes sure a receipt bills an account its gateway was granted:
+// a gateway can only spend the credits of consumers whose API key it holds.
+func (s *Settlement) checkGrant(r *p2p.Receipt) error {
+	switch {
+	case isSystemAccount(r.Consumer):
+		return fmt.Errorf("%w: %s cannot be a consumer", ErrReceiptRejected, r.Consumer)
+	case r.Grant == nil:
+		return fmt.Errorf("%w: no grant for consumer %s", ErrReceiptRejected, r.Consumer)
+	case r.Grant.Account != r.Consumer || r.Grant.Gateway != r.Gateway:
+		return fmt.Errorf("%w: the grant is for another account or gateway", ErrReceiptRejected)
+	case r.TimeMs > r.Grant.ExpiresMs:
+		return fmt.Errorf("%w: the call came after its grant expired", ErrReceiptRejected)
+	}
+	if err := r.Grant.Verify(s.cfg.Host.Key.GetPublic()); err != nil {
+		return fmt.Errorf("%w: %v", ErrReceiptRejected, err)
+	}
+	return nil
+}
+
+func isSystemAccount(id string) bool {
+	switch id {
+	case ledger.AccountMint, ledger.AccountPlatform, ledger.AccountBountyPool:
+		return true
+	}
+	return strings.HasPrefix(id, ledger.NodeAccountPrefix)
+}
+
+// maxReportsPerHour caps the failures one gateway may report against one
+// instance in an hour: a liar can dent a score, not sink it.
+const maxReportsPerHour = 60
+
+// gatewayBook remembers which gateways hold grants (only they may report
+// outcomes) and how much each reported.
+type gatewayBook struct {
+	mu       sync.Mutex
+	lastSeen map[peer.ID]time.Time
+	hour     int64
+	reported map[string]uint32 // gateway|node|model -> failures this hour
+}
+
+func (b *gatewayBook) seen(g peer.ID, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.lastSeen == nil {
+		b.lastSeen = map[peer.ID]time.Time{}
+	}
+	b.lastSeen[g] = now
+}
+
+// allow returns how many of n failures gateway g may report now.
+func (b *gatewayBook) allow(g peer.ID, node, model string, n uint32, now time.Time) uint32 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if t, ok := b.lastSeen[g]; !ok || now.Sub(t) > GrantTTL {
+		return 0
+	}
+	if h := now.Unix() / 3600; h != b.hour || b.reported == nil {
+		b.hour, b.reported = h, map[string]uint32{}
+	}
+	k := g.String() + "|" + node + "|" + model
+	n = min(n, maxReportsPerHour-min(b.reported[k], maxReportsPerHour))
+	b.reported[k] += n
+	return n
+}
+
+// takeReports records the failures and neutral outcomes a gateway saw.
+func (s *Settlement) takeReports(g peer.ID, reports []p2p.OutcomeReport, now time.Time) {
+	for _, r := range reports {
+		if _, err := peer.Decode(r.Node); err != nil || r.Model == "" {
+			continue
+		}
+		if n := s.gateways.allow(g, r.Node, r.Model, r.Failures, now); n > 0 {
+			s.rep.Record(r.Node, r.Model, nodecore.EventFailure, n, now)
+		}
+		s.rep.Record(r.Node, r.Model, nodecore.EventNeutral, min(r.Neutral, maxReportsPerHour), now)
+	}
+}
