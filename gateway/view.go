@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"math"
 	"math/rand/v2"
 	"sort"
 	"sync"
@@ -255,7 +256,8 @@ type InstanceInfo struct {
 	Hardware  string  `json:"hardware,omitempty"`
 	Synthetic bool    `json:"synthetic,omitempty"`
 	Declared  int     `json:"capacity"`
-	RampUp    float64 `json:"ramp_up"`      // fraction of declared capacity it may use
+	RampUp    float64 `json:"ramp_up"` // fraction of declared capacity it may use
+	RampPct   float64 `json:"ramp_up_percent"`
 	Health    float64 `json:"health_score"` // the settlement peer's score; 0 until scored
 	AgeMs     int64   `json:"announced_ms_ago"`
 	route.Info
@@ -293,6 +295,7 @@ func (v *View) Models() []ModelInfo {
 			if s, ok := v.health[instanceKey{id, model}]; ok {
 				ii.RampUp, ii.Health = s.Ramp, s.Score
 			}
+			ii.RampPct = math.Round(ii.RampUp*1000) / 10
 			mi.Instances = append(mi.Instances, ii)
 		}
 		sort.Slice(mi.Instances, func(i, j int) bool { return mi.Instances[i].Node < mi.Instances[j].Node })
