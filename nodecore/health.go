@@ -2,6 +2,7 @@ package nodecore
 
 import (
 	"errors"
+	"math"
 	"time"
 )
 
@@ -40,7 +41,8 @@ func DefaultHealthConfig() HealthConfig {
 
 // Validate reports a window that cannot work.
 func (c HealthConfig) Validate() error {
-	if c.Bucket <= 0 || c.Window < c.Bucket || c.PriorSuccess <= 0 || c.PriorFailure < 0 || c.PriorOnline <= 0 {
+	// Written so NaN fails every check.
+	if c.Bucket <= 0 || c.Window < c.Bucket || !(c.PriorSuccess > 0) || !(c.PriorFailure >= 0) || math.IsInf(c.PriorSuccess+c.PriorFailure, 0) || c.PriorOnline <= 0 {
 		return errors.New("nodecore: health window needs bucket > 0, window >= bucket and positive priors")
 	}
 	return nil
@@ -69,16 +71,30 @@ func NewHealthWindow(cfg HealthConfig, firstSeen time.Time) *HealthWindow {
 	return &HealthWindow{FirstSeen: firstSeen, Buckets: make([]HealthBucket, cfg.buckets())}
 }
 
+// bucket returns the ring slot for at, or nil when the slot already holds a
+// newer bucket (an event that arrived too late to count).
 func (w *HealthWindow) bucket(cfg HealthConfig, at time.Time) *HealthBucket {
 	if len(w.Buckets) != cfg.buckets() { // restored under another config
 		w.Buckets = make([]HealthBucket, cfg.buckets())
 	}
-	idx := at.UnixNano() / int64(cfg.Bucket)
-	b := &w.Buckets[int(idx%int64(len(w.Buckets)))]
-	if b.Start != idx {
+	idx := floorDiv(at.UnixNano(), int64(cfg.Bucket))
+	n := int64(len(w.Buckets))
+	b := &w.Buckets[int(((idx%n)+n)%n)]
+	switch {
+	case b.Start > idx:
+		return nil
+	case b.Start < idx:
 		*b = HealthBucket{Start: idx}
 	}
 	return b
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && (a < 0) != (b < 0) {
+		q--
+	}
+	return q
 }
 
 // Record counts n events at time at.
@@ -86,19 +102,24 @@ func (w *HealthWindow) Record(cfg HealthConfig, at time.Time, e Event, n uint32)
 	if e >= numEvents {
 		return
 	}
-	w.bucket(cfg, at).Counts[e] += n
+	if b := w.bucket(cfg, at); b != nil {
+		b.Counts[e] += n
+	}
 }
 
 // AddOnline counts d of time online ending at at.
 func (w *HealthWindow) AddOnline(cfg HealthConfig, at time.Time, d time.Duration) {
-	if d > 0 {
-		w.bucket(cfg, at).Online += d
+	if d <= 0 {
+		return
+	}
+	if b := w.bucket(cfg, at); b != nil {
+		b.Online += d
 	}
 }
 
 // Totals sums the window's buckets that are still inside it at now.
 func (w *HealthWindow) Totals(cfg HealthConfig, now time.Time) (counts [numEvents]uint64, online time.Duration) {
-	cur := now.UnixNano() / int64(cfg.Bucket)
+	cur := floorDiv(now.UnixNano(), int64(cfg.Bucket))
 	oldest := cur - int64(len(w.Buckets)) + 1
 	for _, b := range w.Buckets {
 		if b.Start < oldest || b.Start > cur {
@@ -121,7 +142,10 @@ func (w *HealthWindow) Score(cfg HealthConfig, now time.Time) float64 {
 	good := float64(counts[EventSuccess]+counts[EventProbeOK]) + cfg.PriorSuccess
 	bad := float64(counts[EventFailure]+counts[EventProbeFail]) + cfg.PriorFailure
 	reliability := good / (good + bad)
-	observed := min(max(now.Sub(w.FirstSeen), 0), cfg.Window)
+	// Observed time is what the buckets still in the window can cover.
+	oldest := floorDiv(now.UnixNano(), int64(cfg.Bucket)) - int64(len(w.Buckets)) + 1
+	covered := now.Sub(time.Unix(0, oldest*int64(cfg.Bucket)))
+	observed := min(max(now.Sub(w.FirstSeen), 0), covered)
 	availability := min(float64(online+cfg.PriorOnline)/float64(observed+cfg.PriorOnline), 1)
 	return reliability * availability
 }

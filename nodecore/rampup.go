@@ -25,7 +25,7 @@ func DefaultRampConfig() RampConfig {
 
 // Validate reports a ramp that cannot work.
 func (c RampConfig) Validate() error {
-	if c.Start <= 0 || c.Start > 1 || c.Period < 0 {
+	if !(c.Start > 0 && c.Start <= 1) || c.Period < 0 { // NaN fails too
 		return errors.New("nodecore: ramp start must be in (0,1] and its period >= 0")
 	}
 	return nil

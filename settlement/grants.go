@@ -77,6 +77,14 @@ func (b *gatewayBook) seen(g peer.ID, now time.Time) {
 	b.lastSeen[g] = now
 }
 
+// granted reports whether g was granted an account within GrantTTL.
+func (b *gatewayBook) granted(g peer.ID, now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t, ok := b.lastSeen[g]
+	return ok && now.Sub(t) <= GrantTTL
+}
+
 // allow returns how many of n failures gateway g may report now.
 func (b *gatewayBook) allow(g peer.ID, node, model string, n uint32, now time.Time) uint32 {
 	b.mu.Lock()
@@ -95,6 +103,9 @@ func (b *gatewayBook) allow(g peer.ID, node, model string, n uint32, now time.Ti
 
 // takeReports records the failures and neutral outcomes a gateway saw.
 func (s *Settlement) takeReports(g peer.ID, reports []p2p.OutcomeReport, now time.Time) {
+	if !s.gateways.granted(g, now) {
+		return // only gateways that hold a grant may speak about nodes
+	}
 	for _, r := range reports {
 		if _, err := peer.Decode(r.Node); err != nil || r.Model == "" {
 			continue

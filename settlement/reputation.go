@@ -102,15 +102,19 @@ func (r *Reputation) Announced(a *p2p.Announcement, now time.Time) (fresh bool) 
 	return fresh
 }
 
-// Record counts n events for an instance at now.
+// Record counts n events for an instance at now. Only instances that have
+// announced themselves are tracked: events about unknown ones are dropped,
+// so nobody can create entries (or start an instance's ramp-up clock) but
+// the instance itself.
 func (r *Reputation) Record(node, model string, e nodecore.Event, n uint32, now time.Time) {
 	if n == 0 {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	in, _ := r.instance(node, model, now)
-	in.Window.Record(r.cfg.Health, now, e, n)
+	if in := r.instances[node+"/"+model]; in != nil {
+		in.Window.Record(r.cfg.Health, now, e, n)
+	}
 }
 
 // Scores returns every live instance's score and ramp at now, sorted.
@@ -161,6 +165,14 @@ func (r *Reputation) Load(path string) error {
 	m := map[string]*repInstance{}
 	if err := json.Unmarshal(data, &m); err != nil {
 		return fmt.Errorf("settlement: health snapshot %s: %w", path, err)
+	}
+	if m == nil {
+		m = map[string]*repInstance{}
+	}
+	for k, in := range m {
+		if in == nil || in.Window == nil || in.Node == "" || in.Model == "" {
+			delete(m, k) // a damaged entry: the instance starts afresh
+		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
