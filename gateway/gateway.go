@@ -47,6 +47,7 @@ type Config struct {
 	ReportEvery   time.Duration // how often failures seen are reported to settlement
 	DrainTimeout  time.Duration // how long stopping waits for calls in flight and receipts
 	Route         route.Config  // the routing policy (SPEC §4)
+	Journal       *Journal      // where receipts wait for settlement (nil = memory only: a crash loses them)
 	Logger        *slog.Logger  // nil = discard
 }
 
@@ -115,7 +116,7 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g.metrics = newMetrics(g.reg)
 	g.auth = newAuthCache(cfg.Host, cfg.Platform, cfg.AuthTTL)
-	g.settler = newSettler(cfg.Host, cfg.Platform, log, g.metrics)
+	g.settler = newSettler(cfg.Host, cfg.Platform, log, g.metrics, cfg.Journal)
 	return g, nil
 }
 
@@ -157,6 +158,9 @@ func (g *Gateway) Run(ctx context.Context, ready func(httpAddr string)) error {
 		return fmt.Errorf("gateway: follow health scores: %w", err)
 	}
 	wg.Go(func() { g.reportLoop(ctx, g.cfg.ReportEvery) })
+	if err := g.settler.resume(); err != nil {
+		return err
+	}
 	// Receipts outlive the HTTP server: they are delivered after it stops.
 	sctx, stopSettler := context.WithCancel(context.Background())
 	settlerDone := make(chan struct{})

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -11,16 +10,20 @@ import (
 	"github.com/tokenrouter/tokenrouter/p2p"
 )
 
-// settler delivers receipts to the settlement peer, retrying with backoff
-// until each is acknowledged (applied or a duplicate of one applied).
-//
-// The queue lives in memory: a gateway that dies loses receipts it had not
-// delivered. The durable journal arrives with credit lines (Step 3).
+// receiptBatch is how many receipts go in one call to the settlement peer.
+const receiptBatch = 256
+
+// settler delivers receipts to the settlement peer in batches, retrying
+// with backoff until each is resolved: applied, a duplicate of one applied,
+// or refused on its merits. Every receipt is in the durable journal from
+// the moment it is signed until it is resolved, so a restart or a
+// settlement outage loses nothing.
 type settler struct {
 	h        *p2p.Host
 	platform peer.ID
 	log      *slog.Logger
 	metrics  metrics
+	journal  *Journal
 
 	mu      sync.Mutex
 	queue   []*p2p.Receipt
@@ -28,15 +31,34 @@ type settler struct {
 	wake    chan struct{}
 }
 
-func newSettler(h *p2p.Host, platform peer.ID, log *slog.Logger, m metrics) *settler {
-	return &settler{h: h, platform: platform, log: log, metrics: m, wake: make(chan struct{}, 1)}
+func newSettler(h *p2p.Host, platform peer.ID, log *slog.Logger, m metrics, j *Journal) *settler {
+	return &settler{h: h, platform: platform, log: log, metrics: m, journal: j, wake: make(chan struct{}, 1)}
 }
 
-// submit queues a signed receipt for delivery.
+// resume queues the receipts a previous run left in the journal.
+func (s *settler) resume() error {
+	pending, err := s.journal.Pending()
+	if err != nil {
+		return err
+	}
+	if len(pending) > 0 {
+		s.log.Info("resending receipts from the journal", "receipts", len(pending))
+	}
+	s.mu.Lock()
+	s.queue = append(s.queue, pending...)
+	s.mu.Unlock()
+	return nil
+}
+
+// submit journals a signed receipt and queues it for delivery.
 func (s *settler) submit(r *p2p.Receipt) {
+	if err := s.journal.Put(r); err != nil {
+		// Still deliver it; the operator must know the journal failed.
+		s.log.Error("receipt journal write failed", "request", r.RequestID, "err", err)
+	}
 	s.mu.Lock()
 	s.queue = append(s.queue, r)
-	s.metrics.receiptsPending.Set(float64(len(s.queue)))
+	s.metrics.receiptsPending.Set(float64(len(s.queue) + s.sending))
 	s.mu.Unlock()
 	select {
 	case s.wake <- struct{}{}:
@@ -44,13 +66,14 @@ func (s *settler) submit(r *p2p.Receipt) {
 	}
 }
 
-// run delivers queued receipts in batches of concurrent sends until ctx ends.
+// run delivers queued receipts until ctx ends.
 func (s *settler) run(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for {
 		s.mu.Lock()
-		batch := s.queue
-		s.queue = nil
+		n := min(len(s.queue), receiptBatch)
+		batch := s.queue[:n:n]
+		s.queue = s.queue[n:]
 		s.sending = len(batch)
 		s.mu.Unlock()
 		if len(batch) == 0 {
@@ -61,13 +84,13 @@ func (s *settler) run(ctx context.Context) {
 				continue
 			}
 		}
-		failed := s.deliver(ctx, batch)
+		retry := s.deliver(ctx, batch)
 		s.mu.Lock()
-		s.queue = append(failed, s.queue...)
+		s.queue = append(retry, s.queue...)
 		s.sending = 0
 		s.metrics.receiptsPending.Set(float64(len(s.queue)))
 		s.mu.Unlock()
-		if len(failed) == 0 {
+		if len(retry) == 0 {
 			backoff = 100 * time.Millisecond
 			continue
 		}
@@ -80,54 +103,42 @@ func (s *settler) run(ctx context.Context) {
 	}
 }
 
-// deliver sends a batch (up to 16 at once) and returns those to retry.
+// deliver sends one batch and returns the receipts to retry.
 func (s *settler) deliver(ctx context.Context, batch []*p2p.Receipt) []*p2p.Receipt {
-	var (
-		mu     sync.Mutex
-		failed []*p2p.Receipt
-		wg     sync.WaitGroup
-		sem    = make(chan struct{}, 16)
-	)
-	for _, r := range batch {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			if s.send(ctx, r) {
-				return
-			}
-			mu.Lock()
-			failed = append(failed, r)
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	return failed
-}
-
-// send delivers one receipt; true when it needs no retry.
-func (s *settler) send(ctx context.Context, r *p2p.Receipt) bool {
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := s.h.CallSettle(cctx, s.platform, &p2p.SettleRequest{Op: p2p.OpReceipt, Receipt: r})
-	var rpcErr *p2p.RPCError
-	switch {
-	case err == nil:
-		outcome := "applied"
-		if !resp.Applied {
-			outcome = "duplicate"
-		}
-		s.metrics.receipts.WithLabelValues(outcome).Inc()
-		return true
-	case errors.As(err, &rpcErr) && rpcErr.Code != p2p.CodeInternal:
-		// Settlement refused it on its merits; resending cannot help.
-		s.metrics.receipts.WithLabelValues("rejected").Inc()
-		s.log.Error("settlement rejected a receipt", "request", r.RequestID, "err", err)
-		return true
-	default:
-		s.metrics.receipts.WithLabelValues("retry").Inc()
-		s.log.Warn("receipt not delivered; will retry", "request", r.RequestID, "err", err)
-		return false
+	resp, err := s.h.CallSettle(cctx, s.platform, &p2p.SettleRequest{Op: p2p.OpReceipts, Receipts: batch})
+	if err != nil || len(resp.Results) != len(batch) {
+		s.metrics.receipts.WithLabelValues("retry").Add(float64(len(batch)))
+		s.log.Warn("receipts not delivered; will retry", "receipts", len(batch), "err", err)
+		return batch
 	}
+	var retry []*p2p.Receipt
+	for i, res := range resp.Results {
+		r := batch[i]
+		switch {
+		case res.Error == nil:
+			outcome := "applied"
+			if !res.Applied {
+				outcome = "duplicate"
+			}
+			s.metrics.receipts.WithLabelValues(outcome).Inc()
+			if err := s.journal.Done(r.RequestID); err != nil {
+				s.log.Error("receipt journal delete failed", "request", r.RequestID, "err", err)
+			}
+		case res.Error.Code == p2p.CodeInternal:
+			s.metrics.receipts.WithLabelValues("retry").Inc()
+			retry = append(retry, r)
+		default:
+			// Refused on its merits: resending cannot help.
+			s.metrics.receipts.WithLabelValues("rejected").Inc()
+			s.log.Error("settlement refused a receipt", "request", r.RequestID, "err", res.Error)
+			if err := s.journal.Refused(r, res.Error.Error()); err != nil {
+				s.log.Error("receipt journal write failed", "request", r.RequestID, "err", err)
+			}
+		}
+	}
+	return retry
 }
 
 // flush waits up to d for every queued receipt to be resolved.
@@ -141,7 +152,7 @@ func (s *settler) flush(d time.Duration) {
 			return
 		}
 		if time.Now().After(deadline) {
-			s.log.Error("gateway stopping with receipts not delivered", "receipts", n)
+			s.log.Warn("gateway stopping with receipts not yet delivered; they stay in the journal", "receipts", n)
 			return
 		}
 		select {

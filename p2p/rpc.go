@@ -18,6 +18,7 @@ const (
 	OpAccount  = "account"       // api key -> account state
 	OpPrices   = "prices"        // -> price table
 	OpReceipt  = "receipt"       // receipt -> applied or duplicate
+	OpReceipts = "receipts"      // a batch of receipts -> one result each
 	OpRegister = "register_node" // node registration -> account
 	OpReport   = "report"        // gateway -> outcomes it saw per instance
 	OpScores   = "scores"        // -> the current health report
@@ -37,6 +38,7 @@ type SettleRequest struct {
 	Op       string            `json:"op"`
 	APIKey   string            `json:"api_key,omitempty"`
 	Receipt  *Receipt          `json:"receipt,omitempty"`
+	Receipts []*Receipt        `json:"receipts,omitempty"`
 	Register *NodeRegistration `json:"register,omitempty"`
 	Reports  []OutcomeReport   `json:"reports,omitempty"`
 }
@@ -73,6 +75,13 @@ type SettleResponse struct {
 	Prices  *economy.PriceTable `json:"prices,omitempty"`
 	Applied bool                `json:"applied,omitempty"` // receipt: false means it was a duplicate
 	Health  *HealthReport       `json:"health,omitempty"`
+	Results []ReceiptResult     `json:"results,omitempty"` // receipts: one per receipt, in order
+}
+
+// ReceiptResult is settlement's answer for one receipt of a batch.
+type ReceiptResult struct {
+	Applied bool      `json:"applied,omitempty"` // false without Error: a duplicate of one applied
+	Error   *RPCError `json:"error,omitempty"`
 }
 
 // RPCError is an error the remote side returned on purpose.

@@ -1,7 +1,11 @@
 package settlement
 
 import (
+	"fmt"
+	"strconv"
+
 	"encoding/json"
+	"github.com/tokenrouter/tokenrouter/settlement/ledger"
 	"net"
 	"net/http"
 	"strings"
@@ -17,6 +21,7 @@ func (s *Settlement) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/accounts", s.createAccount)
 	mux.HandleFunc("GET /v1/account", s.getAccount)
+	mux.HandleFunc("GET /v1/account/transactions", s.getTransactions)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write([]byte(`{"status":"ok","role":"settle"}` + "\n"))
@@ -75,4 +80,45 @@ func clientAddr(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	return strings.ToLower(host)
+}
+
+// getTransactions pages through the caller's transfers, newest first:
+// ?limit=N (default 50, at most 1000) and ?cursor= from the last page's next_cursor.
+func (s *Settlement) getTransactions(w http.ResponseWriter, r *http.Request) {
+	key, ok := openai.BearerKey(r)
+	if !ok {
+		openai.WriteError(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "missing API key: send Authorization: Bearer <key>")
+		return
+	}
+	account, err := s.led.AccountByKey(key)
+	if err != nil {
+		openai.WriteError(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "invalid API key")
+		return
+	}
+	limit := ledger.DefaultTxPageSize
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > ledger.MaxTxPageSize {
+			openai.WriteError(w, http.StatusBadRequest, "invalid_request_error", "limit", "invalid_value",
+				fmt.Sprintf("limit must be an integer from 1 to %d", ledger.MaxTxPageSize))
+			return
+		}
+		limit = n
+	}
+	txs, next, err := s.led.Transactions(account, r.URL.Query().Get("cursor"), limit)
+	if err != nil {
+		openai.WriteError(w, http.StatusBadRequest, "invalid_request_error", "cursor", "invalid_value", "bad cursor")
+		return
+	}
+	if txs == nil {
+		txs = []ledger.TxRecord{}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(struct {
+		Object     string            `json:"object"`
+		Account    string            `json:"account"`
+		Data       []ledger.TxRecord `json:"data"`
+		HasMore    bool              `json:"has_more"`
+		NextCursor string            `json:"next_cursor,omitempty"`
+	}{"list", account, txs, next != "", next})
 }

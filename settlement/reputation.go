@@ -61,18 +61,22 @@ type Reputation struct {
 
 	mu        sync.Mutex
 	instances map[string]*repInstance // key: node + "/" + model
+	nodes     map[string]int          // instances per node
 }
 
 type repInstance struct {
-	Node     string                 `json:"node"`
-	Model    string                 `json:"model"`
-	Window   *nodecore.HealthWindow `json:"window"`
-	LastSeen time.Time              `json:"last_seen"`
+	Node       string                 `json:"node"`
+	Model      string                 `json:"model"`
+	Window     *nodecore.HealthWindow `json:"window"`
+	LastSeen   time.Time              `json:"last_seen"`
+	SwitchedAt time.Time              `json:"switched_at,omitzero"` // the node took this model up after serving others
+	Capacity   int                    `json:"-"`                    // per its last announcement
+	InFlight   int                    `json:"-"`
 }
 
 // NewReputation returns an empty reputation.
 func NewReputation(cfg ReputationConfig) *Reputation {
-	return &Reputation{cfg: cfg, instances: map[string]*repInstance{}}
+	return &Reputation{cfg: cfg, instances: map[string]*repInstance{}, nodes: map[string]int{}}
 }
 
 func (r *Reputation) instance(node, model string, now time.Time) (*repInstance, bool) {
@@ -81,6 +85,7 @@ func (r *Reputation) instance(node, model string, now time.Time) (*repInstance, 
 	if in == nil {
 		in = &repInstance{Node: node, Model: model, Window: nodecore.NewHealthWindow(r.cfg.Health, now)}
 		r.instances[k] = in
+		r.nodes[node]++
 		return in, true
 	}
 	return in, false
@@ -91,15 +96,72 @@ func (r *Reputation) instance(node, model string, now time.Time) (*repInstance, 
 func (r *Reputation) Announced(a *p2p.Announcement, now time.Time) (fresh bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	known := r.nodeKnown(a.Node)
 	for _, m := range a.Models {
 		in, isNew := r.instance(a.Node, m.Model, now)
 		fresh = fresh || isNew
+		if isNew && known {
+			in.SwitchedAt = now // a model switch: its payouts are cut for a while
+		}
 		if gap := now.Sub(in.LastSeen); !isNew && gap > 0 && gap <= r.cfg.OnlineGap {
 			in.Window.AddOnline(r.cfg.Health, now, gap)
 		}
 		in.LastSeen = now
+		in.Capacity, in.InFlight = m.Capacity, m.InFlight
 	}
 	return fresh
+}
+
+// nodeKnown reports whether a node has announced any model before.
+func (r *Reputation) nodeKnown(node string) bool { return r.nodes[node] > 0 }
+
+// Standing is what payouts need to know of an instance at now.
+type Standing struct {
+	Known      bool
+	Score      float64
+	Age        time.Duration // since first seen
+	SwitchedAt time.Time     // zero: never switched models
+}
+
+// Standing returns an instance's standing at now.
+func (r *Reputation) Standing(node, model string, now time.Time) Standing {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	in := r.instances[node+"/"+model]
+	if in == nil {
+		return Standing{}
+	}
+	return Standing{
+		Known: true, Score: in.Window.Score(r.cfg.Health, now),
+		Age: now.Sub(in.Window.FirstSeen), SwitchedAt: in.SwitchedAt,
+	}
+}
+
+// ModelSupply is the live capacity and load of one model.
+type ModelSupply struct {
+	Model     string
+	Capacity  int
+	InFlight  int
+	Instances int
+}
+
+// Supply sums the last announcements of live instances per model.
+func (r *Reputation) Supply(now time.Time) map[string]ModelSupply {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]ModelSupply{}
+	for _, in := range r.instances {
+		if now.Sub(in.LastSeen) > r.cfg.LiveFor {
+			continue
+		}
+		ms := out[in.Model]
+		ms.Model = in.Model
+		ms.Capacity += in.Capacity
+		ms.InFlight += in.InFlight
+		ms.Instances++
+		out[in.Model] = ms
+	}
+	return out
 }
 
 // Record counts n events for an instance at now. Only instances that have
@@ -174,8 +236,12 @@ func (r *Reputation) Load(path string) error {
 			delete(m, k) // a damaged entry: the instance starts afresh
 		}
 	}
+	nodes := map[string]int{}
+	for _, in := range m {
+		nodes[in.Node]++
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.instances = m
+	r.instances, r.nodes = m, nodes
 	return nil
 }

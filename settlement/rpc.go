@@ -13,6 +13,9 @@ import (
 	"github.com/tokenrouter/tokenrouter/settlement/ledger"
 )
 
+// MaxReceiptsPerBatch bounds one receipts call.
+const MaxReceiptsPerBatch = 1024
+
 // maxRegistrationAge bounds how old a signed node registration may be.
 const maxRegistrationAge = 5 * time.Minute
 
@@ -45,6 +48,23 @@ func (s *Settlement) handle(_ context.Context, remote peer.ID, req *p2p.SettleRe
 			all.Scores = append(all.Scores, r.Scores...)
 		}
 		return &p2p.SettleResponse{Health: all}
+	case p2p.OpReceipts:
+		if len(req.Receipts) > MaxReceiptsPerBatch {
+			return rpcErr(p2p.CodeInvalid, fmt.Sprintf("at most %d receipts a batch", MaxReceiptsPerBatch))
+		}
+		results := make([]p2p.ReceiptResult, len(req.Receipts))
+		for i, r := range req.Receipts {
+			if r == nil {
+				results[i].Error = &p2p.RPCError{Code: p2p.CodeInvalid, Message: "receipt missing"}
+				continue
+			}
+			applied, err := s.ApplyReceipt(remote, r)
+			results[i].Applied = applied
+			if err != nil {
+				results[i].Error = receiptError(err).Error
+			}
+		}
+		return &p2p.SettleResponse{Results: results}
 	case p2p.OpReceipt:
 		if req.Receipt == nil {
 			return rpcErr(p2p.CodeInvalid, "receipt missing")

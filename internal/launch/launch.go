@@ -210,8 +210,13 @@ func Gateway(ctx context.Context, o GatewayOptions) error {
 	}
 	defer h.Close()
 	defer p2p.RemoveRunFiles(o.Data)
+	journal, err := gateway.OpenJournal(filepath.Join(o.Data, "journal"), nil)
+	if err != nil {
+		return err
+	}
+	defer journal.Close()
 	cfg := gateway.DefaultConfig()
-	cfg.Host, cfg.Platform, cfg.HTTPAddr, cfg.Logger = h, platform, o.HTTP, log
+	cfg.Host, cfg.Platform, cfg.HTTPAddr, cfg.Logger, cfg.Journal = h, platform, o.HTTP, log, journal
 	if cfg.HTTPAddr == "" {
 		cfg.HTTPAddr = "127.0.0.1:8080"
 	}
