@@ -63,7 +63,7 @@ func DefaultConfig() Config {
 		AuthTTL:       2 * time.Second,  // a revoked key or spent balance is seen within 2 s
 		PriceRefresh:  time.Minute,      // price tables change rarely
 		ReportEvery:   5 * time.Second,  // the health window is hourly; seconds are plenty
-		DrainTimeout:  10 * time.Second, // calls in flight get their claims, receipts reach settlement
+		DrainTimeout:  5 * time.Second,  // calls in flight get their claims; undelivered receipts wait in the journal
 		Route:         route.DefaultConfig(),
 	}
 }

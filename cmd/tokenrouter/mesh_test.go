@@ -30,7 +30,11 @@ type procMesh struct {
 	engineAddrs []string
 	nodes       []*proc
 	nodeIDs     []string
+	settle      *proc
 }
+
+// settleProc is the running settlement peer.
+func (m *procMesh) settleProc(t *testing.T) *proc { return m.settle }
 
 type meshSpec struct {
 	nodes      int
@@ -49,6 +53,7 @@ func startProcMesh(t *testing.T, spec meshSpec) *procMesh {
 	settle := start(t, "settle", nil, "settle", "--data", m.dir("settle"), "--listen", lo, "--bootstrap", m.maddr,
 		"--http", "127.0.0.1:0", "--signup-limit", "0")
 	waitFile(t, settle, filepath.Join(m.dir("settle"), "ready"))
+	m.settle = settle
 	m.platform = waitFile(t, settle, filepath.Join(m.dir("settle"), "peer-id"))
 	m.settleURL = "http://" + waitFile(t, settle, filepath.Join(m.dir("settle"), "http-addr"))
 	ctx := context.Background()

@@ -79,7 +79,7 @@ func start(t *testing.T, name string, env []string, args ...string) *proc {
 		go func() { cmd.Wait(); close(done) }()
 		select {
 		case <-done:
-		case <-time.After(10 * time.Second):
+		case <-time.After(30 * time.Second):
 			cmd.Process.Kill()
 			<-done
 			t.Errorf("%s did not stop on SIGTERM", name)

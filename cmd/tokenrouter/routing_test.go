@@ -139,10 +139,10 @@ func TestRoutingBreakerParksAndProbeReadmits(t *testing.T) {
 func TestRoutingBadInputNeverParks(t *testing.T) {
 	m := startProcMesh(t, meshSpec{nodes: 2, capacity: 8, engineArgs: func(int) []string { return []string{"--rate", "0"} }})
 	bad := []string{
-		`{"model":"synthetic-1","messages":[{"role":"user","content":"x"}],"max_tokens":0}`,     // the engine refuses
+		`{"model":"synthetic-1","messages":[{"role":"user","content":"x"}],"max_tokens":0}`,      // the engine refuses
 		`{"model":"synthetic-1","messages":[],"max_tokens":5}`,                                   // the engine refuses
 		`{"model":"synthetic-1","messages":[{"role":"user","content":"x"}],"max_tokens":999999}`, // the engine refuses
-		`{"model":"synthetic-1","messages":`, // the gateway refuses
+		`{"model":"synthetic-1","messages":`,                                                     // the gateway refuses
 	}
 	for i := range 60 {
 		r := m.call(bad[i%len(bad)])

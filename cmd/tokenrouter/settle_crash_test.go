@@ -1,0 +1,98 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Kill -9 the settlement peer in the middle of paid traffic, restart it on
+// the same data: every call that answered 200 is billed exactly once.
+func TestSettleKilledMidTrafficBillsEveryCallOnce(t *testing.T) {
+	m := startProcMesh(t, meshSpec{nodes: 2, capacity: 50, engineArgs: func(int) []string { return []string{"--rate", "0"} }})
+	settleArgs := []string{"settle", "--data", m.dir("settle"), "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", m.maddr,
+		"--http", "127.0.0.1:0", "--signup-limit", "0"}
+
+	var (
+		stop     atomic.Bool
+		ok       atomic.Int64
+		refused  atomic.Int64
+		mu       sync.Mutex
+		totalUcr int64
+		wg       sync.WaitGroup
+	)
+	for range 4 {
+		wg.Go(func() {
+			for !stop.Load() {
+				r := m.call(chat(5, false))
+				switch r.status {
+				case 200:
+					var out struct {
+						Usage struct {
+							CostUcr int64 `json:"cost_ucr"`
+						} `json:"usage"`
+					}
+					if err := json.Unmarshal([]byte(r.body), &out); err != nil || out.Usage.CostUcr <= 0 {
+						t.Errorf("a 200 without cost: %s", r.body)
+						return
+					}
+					ok.Add(1)
+					mu.Lock()
+					totalUcr += out.Usage.CostUcr
+					mu.Unlock()
+				case 503, 502:
+					refused.Add(1) // the settlement peer is down: no credit to spend against
+					time.Sleep(20 * time.Millisecond)
+				default:
+					t.Errorf("unexpected answer %d: %s", r.status, r.body)
+					return
+				}
+			}
+		})
+	}
+	time.Sleep(1500 * time.Millisecond)
+	settle := m.settleProc(t)
+	settle.stop(syscall.SIGKILL)
+	killedAt := ok.Load()
+	// A killed process leaves its ready and http-addr files behind.
+	os.Remove(filepath.Join(m.dir("settle"), "ready"))
+	os.Remove(filepath.Join(m.dir("settle"), "http-addr"))
+	time.Sleep(time.Second)
+	restarted := start(t, "settle-restarted", nil, settleArgs...)
+	waitFile(t, restarted, filepath.Join(m.dir("settle"), "ready"))
+	m.settleURL = "http://" + waitFile(t, restarted, filepath.Join(m.dir("settle"), "http-addr"))
+	time.Sleep(2 * time.Second)
+	stop.Store(true)
+	wg.Wait()
+	if killedAt == 0 || ok.Load() == killedAt {
+		t.Fatalf("traffic did not span the crash: %d calls before the kill, %d in all", killedAt, ok.Load())
+	}
+
+	// Every 200 settles, once; the balance moved by exactly what they cost.
+	want := ok.Load()
+	var acct struct {
+		BalanceUcr int64 `json:"balance_ucr"`
+		SpentUcr   int64 `json:"spent_ucr"`
+		Calls      int64 `json:"calls"`
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		json.Unmarshal(getJSON(t, m.settleURL+"/v1/account", m.consumerKey), &acct)
+		if acct.Calls >= want || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if acct.Calls != want {
+		t.Fatalf("%d calls answered 200, %d billed", want, acct.Calls)
+	}
+	if acct.SpentUcr != totalUcr || acct.BalanceUcr != 5_000_000-totalUcr {
+		t.Fatalf("the 200s cost %d µcr; spent %d, balance %d", totalUcr, acct.SpentUcr, acct.BalanceUcr)
+	}
+	t.Logf("%d calls billed exactly once across the crash (%d refused while settlement was down)", want, refused.Load())
+}
