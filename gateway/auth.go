@@ -11,6 +11,10 @@ import (
 	"github.com/tokenrouter/tokenrouter/p2p"
 )
 
+// staleAuth is how long a confirmed key keeps working while settlement is
+// unreachable: the life of a credit-line hold.
+const staleAuth = 10 * time.Minute
+
 // errUnknownKey means settlement does not know the API key.
 var errUnknownKey = errors.New("gateway: invalid API key")
 
@@ -52,6 +56,13 @@ func (a *authCache) check(ctx context.Context, key string) (auth, error) {
 	a.mu.Unlock()
 	info, grant, err := a.fetch(ctx, key)
 	if err != nil && !errors.Is(err, errUnknownKey) {
+		// Settlement is out of reach: a key it confirmed recently still
+		// spends on its credit line (the line itself bounds the spending).
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if e != nil && e.account != nil && time.Since(e.fetched) < staleAuth {
+			return auth{e.account.Account, e.account.BalanceUcr - e.spent, e.grant}, nil
+		}
 		return auth{}, err
 	}
 	a.mu.Lock()

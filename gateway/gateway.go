@@ -48,6 +48,7 @@ type Config struct {
 	DrainTimeout  time.Duration // how long stopping waits for calls in flight and receipts
 	Route         route.Config  // the routing policy (SPEC §4)
 	Journal       *Journal      // where receipts wait for settlement (nil = memory only: a crash loses them)
+	Credit        CreditConfig  // how credit lines are sized
 	Logger        *slog.Logger  // nil = discard
 }
 
@@ -65,6 +66,7 @@ func DefaultConfig() Config {
 		ReportEvery:   5 * time.Second,  // the health window is hourly; seconds are plenty
 		DrainTimeout:  5 * time.Second,  // calls in flight get their claims; undelivered receipts wait in the journal
 		Route:         route.DefaultConfig(),
+		Credit:        DefaultCreditConfig(),
 	}
 }
 
@@ -87,6 +89,7 @@ type Gateway struct {
 	log      *slog.Logger
 	view     *View
 	auth     *authCache
+	credit   *creditLines
 	outcomes outcomes
 	calls    sync.WaitGroup // calls in flight, for a clean stop
 	settler  *settler
@@ -116,6 +119,7 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g.metrics = newMetrics(g.reg)
 	g.auth = newAuthCache(cfg.Host, cfg.Platform, cfg.AuthTTL)
+	g.credit = newCreditLines(cfg.Host, cfg.Platform, cfg.Credit)
 	g.settler = newSettler(cfg.Host, cfg.Platform, log, g.metrics, cfg.Journal)
 	return g, nil
 }
@@ -187,6 +191,7 @@ func (g *Gateway) Run(ctx context.Context, ready func(httpAddr string)) error {
 	}
 	g.waitCalls(g.cfg.DrainTimeout)
 	g.settler.flush(g.cfg.DrainTimeout)
+	g.credit.release(context.Background()) // what is left returns to the accounts now, not at expiry
 	return err
 }
 

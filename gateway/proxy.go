@@ -19,6 +19,7 @@ import (
 	"github.com/tokenrouter/tokenrouter/gateway/route"
 	"github.com/tokenrouter/tokenrouter/internal/openai"
 	"github.com/tokenrouter/tokenrouter/p2p"
+	"github.com/tokenrouter/tokenrouter/settlement/economy"
 )
 
 func newRequestID() string {
@@ -79,18 +80,32 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, r
 		return fail(w, http.StatusBadRequest, "invalid_request_error", "stream", "invalid_value", "embeddings cannot be streamed")
 	}
 	if !g.view.HasModel(meta.Model) {
+		g.outcomes.turnedAway(meta.Model)
 		return fail(w, http.StatusNotFound, "invalid_request_error", "model", "model_not_found",
 			fmt.Sprintf("the model %q has no live instance on the network", meta.Model))
 	}
-	if au.balance <= 0 {
+	// Reserve the call's worst-case cost on the account's credit line.
+	reserved := g.credit.estimate(g.price(meta.Model), body, meta)
+	hold, err := g.credit.reserve(r.Context(), key, au.account, reserved)
+	switch {
+	case errors.Is(err, errNoCredit):
 		return fail(w, http.StatusPaymentRequired, "insufficient_quota", "", "insufficient_credits",
-			"your account has no credits left; top up or use another key")
+			fmt.Sprintf("your account's available credits do not cover this call (up to %s credits); top up, lower max_tokens or use another key",
+				economy.FormatCredits(reserved)))
+	case errors.Is(err, errUnknownKey):
+		return fail(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "invalid API key")
+	case err != nil:
+		w.Header().Set("Retry-After", "2")
+		return fail(w, http.StatusServiceUnavailable, "server_error", "", "settlement_unavailable",
+			"the settlement peer cannot be reached to reserve credit; retry shortly")
 	}
 	c := &forwardCall{
 		g: g, w: w, r: r, id: reqID, path: path, body: body, meta: meta,
-		key: key, account: au.account, grant: au.grant, wantUsage: meta.IncludeUsage,
+		key: key, account: au.account, grant: au.grant, hold: hold, wantUsage: meta.IncludeUsage,
 	}
-	return c.run()
+	status := c.run()
+	g.credit.settle(au.account, reserved, c.spent)
+	return status
 }
 
 func fail(w http.ResponseWriter, status int, typ, param, code, msg string) int {
@@ -110,6 +125,8 @@ type forwardCall struct {
 	key       string
 	account   string
 	grant     *p2p.Grant
+	hold      string // the credit-line hold this call spends against
+	spent     int64  // what it was billed
 	wantUsage bool
 
 	// What the current attempt tells the routing table.
@@ -166,6 +183,7 @@ func (c *forwardCall) run() int {
 		}
 	}
 	if last == nil || last.full {
+		g.outcomes.turnedAway(c.meta.Model)
 		c.w.Header().Set("Retry-After", "1")
 		return fail(c.w, http.StatusServiceUnavailable, "server_error", "", "no_capacity",
 			fmt.Sprintf("every instance of %q is busy or unavailable; retry shortly", c.meta.Model))

@@ -342,12 +342,13 @@ func (c *forwardCall) bill(rl *relay, t *p2p.Trailer, prompt, completion int64, 
 		Node: rl.node.String(), Gateway: g.cfg.Host.ID().String(),
 		PromptTokens: prompt, CompletionTokens: completion,
 		Price: price, CostUcr: cost, TimeMs: time.Now().UnixMilli(),
-		Claim: t.Claim, NodeSig: t.Sig, Grant: c.grant,
+		Claim: t.Claim, NodeSig: t.Sig, Grant: c.grant, Hold: c.hold,
 	}
 	if err := r.Sign(g.cfg.Host.Key); err != nil {
 		g.log.Error("cannot sign a receipt", "request", c.id, "err", err)
 		return
 	}
+	c.spent = cost
 	g.auth.charged(c.key, cost)
 	g.metrics.tokens.WithLabelValues("prompt").Add(float64(prompt))
 	g.metrics.tokens.WithLabelValues("completion").Add(float64(completion))

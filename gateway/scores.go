@@ -45,8 +45,21 @@ func (g *Gateway) followScores(ctx context.Context, wg *sync.WaitGroup) error {
 // outcomes gathers the failures and neutral outcomes this gateway saw per
 // instance, for its next report to the settlement peer.
 type outcomes struct {
-	mu     sync.Mutex
-	counts map[instanceKey]*p2p.OutcomeReport
+	mu       sync.Mutex
+	counts   map[instanceKey]*p2p.OutcomeReport
+	unserved map[string]uint32 // calls per model turned away: no live instance or none with capacity
+}
+
+// turnedAway counts a call no instance could take: demand the network did not meet.
+func (o *outcomes) turnedAway(model string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.unserved == nil {
+		o.unserved = map[string]uint32{}
+	}
+	if len(o.unserved) < 10_000 {
+		o.unserved[model]++
+	}
 }
 
 func (o *outcomes) add(node peer.ID, model string, out route.Outcome) {
@@ -71,15 +84,16 @@ func (o *outcomes) add(node peer.ID, model string, out route.Outcome) {
 	}
 }
 
-func (o *outcomes) take() []p2p.OutcomeReport {
+func (o *outcomes) take() ([]p2p.OutcomeReport, map[string]uint32) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	out := make([]p2p.OutcomeReport, 0, len(o.counts))
 	for _, r := range o.counts {
 		out = append(out, *r)
 	}
-	o.counts = nil
-	return out
+	unserved := o.unserved
+	o.counts, o.unserved = nil, nil
+	return out, unserved
 }
 
 // reportLoop sends what it gathered every interval until ctx ends.
@@ -92,12 +106,12 @@ func (g *Gateway) reportLoop(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
-		reports := g.outcomes.take()
-		if len(reports) == 0 {
+		reports, unserved := g.outcomes.take()
+		if len(reports) == 0 && len(unserved) == 0 {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := g.cfg.Host.CallSettle(cctx, g.cfg.Platform, &p2p.SettleRequest{Op: p2p.OpReport, Reports: reports})
+		_, err := g.cfg.Host.CallSettle(cctx, g.cfg.Platform, &p2p.SettleRequest{Op: p2p.OpReport, Reports: reports, Unserved: unserved})
 		cancel()
 		if err != nil {
 			g.log.Warn("could not report outcomes to settlement", "err", err)

@@ -21,6 +21,8 @@ const (
 	OpReceipts = "receipts"      // a batch of receipts -> one result each
 	OpRegister = "register_node" // node registration -> account
 	OpReport   = "report"        // gateway -> outcomes it saw per instance
+	OpHold     = "hold"          // gateway -> take or top up a credit-line hold on an account
+	OpRelease  = "release"       // gateway -> give a hold's rest back
 	OpScores   = "scores"        // -> the current health report
 )
 
@@ -41,6 +43,30 @@ type SettleRequest struct {
 	Receipts []*Receipt        `json:"receipts,omitempty"`
 	Register *NodeRegistration `json:"register,omitempty"`
 	Reports  []OutcomeReport   `json:"reports,omitempty"`
+	Hold     *HoldRequest      `json:"hold,omitempty"`
+	Unserved map[string]uint32 `json:"unserved,omitempty"` // report: calls per model turned away for want of capacity
+}
+
+// HoldRequest asks settlement to reserve credit on the account of the
+// request's API key for the asking gateway: a new hold, or more on an
+// existing one (same ID). Min is the least the gateway can use: with less
+// available than Amount but at least Min, settlement holds what there is.
+type HoldRequest struct {
+	ID        string `json:"id"`
+	Amount    int64  `json:"amount_ucr"`
+	Min       int64  `json:"min_ucr"`
+	ExpiresMs int64  `json:"expires_ms"`
+}
+
+// HoldInfo is a hold as settlement keeps it.
+type HoldInfo struct {
+	ID        string `json:"id"`
+	Account   string `json:"account"`
+	Amount    int64  `json:"amount_ucr"`    // held in all since it was taken
+	Remaining int64  `json:"remaining_ucr"` // not yet spent by receipts
+	Added     int64  `json:"added_ucr"`     // what this request added to it
+	ExpiresMs int64  `json:"expires_ms"`
+	Closed    bool   `json:"closed,omitempty"`
 }
 
 // OutcomeReport is what one gateway saw of one instance since its last
@@ -76,6 +102,7 @@ type SettleResponse struct {
 	Applied bool                `json:"applied,omitempty"` // receipt: false means it was a duplicate
 	Health  *HealthReport       `json:"health,omitempty"`
 	Results []ReceiptResult     `json:"results,omitempty"` // receipts: one per receipt, in order
+	Hold    *HoldInfo           `json:"hold,omitempty"`
 }
 
 // ReceiptResult is settlement's answer for one receipt of a batch.

@@ -79,7 +79,8 @@ type Receipt struct {
 	TimeMs           int64         `json:"time_ms"`
 	Claim            NodeClaim     `json:"claim"`
 	NodeSig          []byte        `json:"node_sig"`
-	Grant            *Grant        `json:"grant"` // proof the gateway held one of Consumer's API keys
+	Grant            *Grant        `json:"grant"`          // proof the gateway held one of Consumer's API keys
+	Hold             string        `json:"hold,omitempty"` // the credit-line hold the call was spent against
 	GatewaySig       []byte        `json:"gateway_sig,omitempty"`
 }
 

@@ -22,6 +22,7 @@ func (s *Settlement) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/accounts", s.createAccount)
 	mux.HandleFunc("GET /v1/account", s.getAccount)
 	mux.HandleFunc("GET /v1/account/transactions", s.getTransactions)
+	mux.HandleFunc("GET /v1/bounties", s.getBounties)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write([]byte(`{"status":"ok","role":"settle"}` + "\n"))

@@ -137,6 +137,18 @@ func (r *Reputation) Standing(node, model string, now time.Time) Standing {
 	}
 }
 
+// knowsModel reports whether any instance ever announced model.
+func (r *Reputation) knowsModel(model string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, in := range r.instances {
+		if in.Model == model {
+			return true
+		}
+	}
+	return false
+}
+
 // ModelSupply is the live capacity and load of one model.
 type ModelSupply struct {
 	Model     string

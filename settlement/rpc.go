@@ -7,9 +7,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/tokenrouter/tokenrouter/nodecore"
 	"github.com/tokenrouter/tokenrouter/p2p"
-	"github.com/tokenrouter/tokenrouter/settlement/economy"
 	"github.com/tokenrouter/tokenrouter/settlement/ledger"
 )
 
@@ -39,7 +37,12 @@ func (s *Settlement) handle(_ context.Context, remote peer.ID, req *p2p.SettleRe
 		return s.registerNode(remote, req.Register)
 	case p2p.OpReport:
 		s.takeReports(remote, req.Reports, time.Now())
+		s.demand.add(req.Unserved, s.rep, time.Now())
 		return &p2p.SettleResponse{}
+	case p2p.OpHold:
+		return s.hold(remote, req)
+	case p2p.OpRelease:
+		return s.release(remote, req)
 	case p2p.OpScores:
 		var seq uint64
 		reports := s.healthReports(&seq, time.Now())
@@ -53,15 +56,10 @@ func (s *Settlement) handle(_ context.Context, remote peer.ID, req *p2p.SettleRe
 			return rpcErr(p2p.CodeInvalid, fmt.Sprintf("at most %d receipts a batch", MaxReceiptsPerBatch))
 		}
 		results := make([]p2p.ReceiptResult, len(req.Receipts))
-		for i, r := range req.Receipts {
-			if r == nil {
-				results[i].Error = &p2p.RPCError{Code: p2p.CodeInvalid, Message: "receipt missing"}
-				continue
-			}
-			applied, err := s.ApplyReceipt(remote, r)
-			results[i].Applied = applied
-			if err != nil {
-				results[i].Error = receiptError(err).Error
+		for i, out := range s.ApplyReceipts(remote, req.Receipts) {
+			results[i].Applied = out.Applied
+			if out.Err != nil {
+				results[i].Error = receiptError(out.Err).Error
 			}
 		}
 		return &p2p.SettleResponse{Results: results}
@@ -134,83 +132,4 @@ func receiptError(err error) *p2p.SettleResponse {
 	default:
 		return rpcErr(p2p.CodeInternal, "could not settle the receipt; retry")
 	}
-}
-
-// ApplyReceipt checks a receipt from gateway `from` and commits its split:
-// consumer -> provider (ProviderBps) and consumer -> platform (the rest,
-// rounding included), in one synced ledger batch keyed by the request id.
-// It returns applied=false for a replay of a receipt already applied.
-//
-// Until credit lines land (holds taken before forwarding), a consumer whose
-// balance cannot cover the whole cost is charged what it has left: no
-// balance ever goes below zero, and the split applies to what was charged.
-func (s *Settlement) ApplyReceipt(from peer.ID, r *p2p.Receipt) (applied bool, err error) {
-	defer func() {
-		switch {
-		case err == nil && applied:
-			s.metrics.receipts.WithLabelValues("applied").Inc()
-		case err == nil:
-			s.metrics.receipts.WithLabelValues("duplicate").Inc()
-		case errors.Is(err, ErrReceiptRejected), errors.Is(err, p2p.ErrBadReceipt), errors.Is(err, p2p.ErrBadSignature), errors.Is(err, ledger.ErrConflict):
-			s.metrics.receipts.WithLabelValues("rejected").Inc()
-			s.log.Warn("receipt rejected", "request", r.RequestID, "gateway", from.String(), "err", err)
-		default:
-			s.metrics.receipts.WithLabelValues("failed").Inc()
-			s.log.Error("receipt not applied", "request", r.RequestID, "err", err)
-		}
-	}()
-	if r.Gateway != from.String() {
-		return false, fmt.Errorf("%w: sent by %s but signed for gateway %s", ErrReceiptRejected, from, r.Gateway)
-	}
-	if r.RequestID == "" {
-		return false, fmt.Errorf("%w: no request id", ErrReceiptRejected)
-	}
-	if err := s.checkGrant(r); err != nil {
-		return false, err
-	}
-	if err := r.Verify(); err != nil {
-		return false, err
-	}
-	price := s.cfg.Prices.For(r.Model)
-	if r.Price != price {
-		return false, fmt.Errorf("%w: price %+v is not the table's %+v for %s", ErrReceiptRejected, r.Price, price, r.Model)
-	}
-	cost := economy.Cost(price, r.PromptTokens, r.CompletionTokens)
-	if r.CostUcr != cost {
-		return false, fmt.Errorf("%w: cost %d, the table says %d", ErrReceiptRejected, r.CostUcr, cost)
-	}
-	if _, err := s.led.Account(r.Consumer); err != nil {
-		return false, fmt.Errorf("%w: consumer: %v", ErrReceiptRejected, err)
-	}
-	provider, ok := s.led.NodeAccount(r.Node)
-	if !ok {
-		provider = ledger.NodeAccountPrefix + r.Node
-	}
-	payload := r.SigningBytes()
-	applied, err = s.led.Post(s.posting(r, payload, provider, cost))
-	if errors.Is(err, ledger.ErrInsufficientFunds) {
-		a, aerr := s.led.Account(r.Consumer)
-		if aerr != nil {
-			return false, aerr
-		}
-		charged := min(cost, max(a.Balance, 0))
-		s.log.Warn("consumer could not cover a call; charging what is left", "request", r.RequestID, "cost", cost, "charged", charged)
-		applied, err = s.led.Post(s.posting(r, payload, provider, charged))
-		cost = charged
-	}
-	if err == nil && applied {
-		s.metrics.settledUcr.Add(float64(cost))
-		s.rep.Record(r.Node, r.Model, nodecore.EventSuccess, 1, time.Now())
-	}
-	return applied, err
-}
-
-func (s *Settlement) posting(r *p2p.Receipt, payload []byte, provider string, cost int64) ledger.Posting {
-	split := economy.SplitCost(cost, s.cfg.ProviderBps)
-	p := ledger.Posting{Key: "call/" + r.RequestID, Payload: payload, Consumer: r.Consumer}
-	if provider != r.Consumer { // an operator using its own node pays only the platform share
-		p.Transfers = append(p.Transfers, ledger.Transfer{From: r.Consumer, To: provider, Amount: split.Provider, Kind: ledger.KindCall})
-	}
-	p.Transfers = append(p.Transfers, ledger.Transfer{From: r.Consumer, To: ledger.AccountPlatform, Amount: split.Platform, Kind: ledger.KindCall})
-	return p
 }

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,11 +26,14 @@ type Config struct {
 	Host           *p2p.Host
 	Ledger         *ledger.Ledger
 	Prices         economy.PriceTable
-	HTTPAddr       string        // "" = no HTTP API
-	ProviderBps    int64         // provider's share of every paid call, in basis points
-	StartingCredit int64         // µcr granted to every new account
-	SignupLimit    int           // accounts per client address per SignupWindow; 0 = unlimited
-	SignupWindow   time.Duration // the window SignupLimit counts over
+	HTTPAddr       string               // "" = no HTTP API
+	Terms          economy.Terms        // the split of every paid call (80/20) and the pool's funding
+	Flap           economy.FlapConfig   // the payout cut after a model switch
+	Trust          economy.TrustConfig  // tiers and the bounties they unlock
+	Bounty         economy.BountyConfig // when a model counts as under-supplied
+	StartingCredit int64                // µcr granted to every new account
+	SignupLimit    int                  // accounts per client address per SignupWindow; 0 = unlimited
+	SignupWindow   time.Duration        // the window SignupLimit counts over
 	Reputation     ReputationConfig
 	Logger         *slog.Logger // nil = discard
 }
@@ -38,9 +42,12 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Prices:         economy.DefaultPriceTable(),
-		ProviderBps:    economy.DefaultProviderBps, // SPEC §5: 80% to the provider
-		StartingCredit: economy.StartingCreditUcr,  // SPEC §2: 5.000000 credits
-		SignupLimit:    5,                          // SPEC §2: 5 an hour per client address
+		Terms:          economy.DefaultTerms(),      // SPEC §5: 80% to the provider, the rest to the platform
+		Flap:           economy.DefaultFlapConfig(), // SPEC §5: a switch halves payouts, decaying over 72 h
+		Trust:          economy.DefaultTrustConfig(),
+		Bounty:         economy.DefaultBountyConfig(),
+		StartingCredit: economy.StartingCreditUcr, // SPEC §2: 5.000000 credits
+		SignupLimit:    5,                         // SPEC §2: 5 an hour per client address
 		SignupWindow:   time.Hour,
 		Reputation:     DefaultReputationConfig(),
 	}
@@ -53,8 +60,14 @@ func (c *Config) Validate() error {
 		return errors.New("settlement: a host is required")
 	case c.Ledger == nil:
 		return errors.New("settlement: a ledger is required")
-	case c.ProviderBps < 0 || c.ProviderBps > 10000:
-		return fmt.Errorf("settlement: provider share %d bps is outside 0..10000", c.ProviderBps)
+	case c.Terms.Validate() != nil:
+		return c.Terms.Validate()
+	case c.Flap.Validate() != nil:
+		return c.Flap.Validate()
+	case c.Trust.Validate() != nil:
+		return c.Trust.Validate()
+	case c.Bounty.Validate() != nil:
+		return c.Bounty.Validate()
 	case c.StartingCredit < 0:
 		return errors.New("settlement: starting credit cannot be negative")
 	case c.SignupLimit < 0:
@@ -71,6 +84,11 @@ type Settlement struct {
 	signups  *rateLimiter
 	rep      *Reputation
 	gateways gatewayBook
+	intake   *intake
+	stopped  chan struct{} // closed once the intake stops taking receipts
+	demand   demand
+	bmu      sync.RWMutex
+	bounties *bountyState
 	reg      *prometheus.Registry
 	metrics  metrics
 }
@@ -93,6 +111,8 @@ func New(cfg Config) (*Settlement, error) {
 		reg:     prometheus.NewRegistry(),
 	}
 	s.metrics = newMetrics(s.reg)
+	s.intake = &intake{s: s, ch: make(chan *checked, maxCommitBatch)}
+	s.stopped = make(chan struct{})
 	if f := cfg.Reputation.SnapshotFile; f != "" {
 		if err := s.rep.Load(f); err != nil {
 			return nil, err
@@ -110,7 +130,14 @@ func (s *Settlement) Run(ctx context.Context, ready func(httpAddr string)) error
 	defer cancel()
 	repDone := make(chan error, 1)
 	go func() { repDone <- s.runReputation(ctx) }()
-	defer func() { cancel(); <-repDone }()
+	var loops sync.WaitGroup
+	loops.Go(func() {
+		s.intake.run(ctx)
+		close(s.stopped)
+	})
+	loops.Go(func() { s.expireLoop(ctx, 5*time.Second) })
+	loops.Go(func() { s.bountyLoop(ctx, 10*time.Second) })
+	defer func() { cancel(); <-repDone; loops.Wait() }()
 	if s.cfg.HTTPAddr == "" {
 		if ready != nil {
 			ready("")

@@ -408,7 +408,8 @@ func TestReceiptSettles(t *testing.T) {
 	if d := after[operator] - before[operator]; d != provider {
 		t.Errorf("operator earned %d, want %d (80%% floor)", d, provider)
 	}
-	if d := after[ledger.AccountPlatform] - before[ledger.AccountPlatform]; d != platform {
+	// The platform's share: what it keeps plus what it moved into the bounty pool.
+	if d := after[ledger.AccountPlatform] + after[ledger.AccountBountyPool] - before[ledger.AccountPlatform] - before[ledger.AccountBountyPool]; d != platform {
 		t.Errorf("platform got %d, want %d", d, platform)
 	}
 	if c := f.account(t, consumer); c.Spent != cost || c.Calls != 1 {
@@ -676,8 +677,8 @@ func TestReceiptOwnNode(t *testing.T) {
 		t.Fatalf("receipt: %+v %v", resp, err)
 	}
 	bal := f.balances(t)
-	if bal[acct] != 5_000_000-600 || bal[ledger.AccountPlatform] != 600 {
-		t.Errorf("own-node call: account %d platform %d, want %d and 600", bal[acct], bal[ledger.AccountPlatform], 5_000_000-600)
+	if bal[acct] != 5_000_000-600 || bal[ledger.AccountPlatform]+bal[ledger.AccountBountyPool] != 600 {
+		t.Errorf("own-node call: account %d platform %d + pool %d, want %d and 600", bal[acct], bal[ledger.AccountPlatform], bal[ledger.AccountBountyPool], 5_000_000-600)
 	}
 }
 
@@ -694,8 +695,8 @@ func TestReceiptUnregisteredNode(t *testing.T) {
 	if bal[nodeAcct] != 2400 {
 		t.Errorf("%s = %d, want 2400", nodeAcct, bal[nodeAcct])
 	}
-	if bal[ledger.AccountPlatform] != 600 {
-		t.Errorf("platform = %d, want 600", bal[ledger.AccountPlatform])
+	if bal[ledger.AccountPlatform]+bal[ledger.AccountBountyPool] != 600 {
+		t.Errorf("platform + pool = %d, want 600", bal[ledger.AccountPlatform]+bal[ledger.AccountBountyPool])
 	}
 	if bal[consumer] != 5_000_000-3000 {
 		t.Errorf("consumer = %d, want %d", bal[consumer], 5_000_000-3000)
@@ -725,8 +726,8 @@ func TestReceiptCappedAtBalance(t *testing.T) {
 	if bal[operator] != 5_000_000+4_000_000 {
 		t.Errorf("operator = %d, want %d (its grant plus 80%% of 5 credits)", bal[operator], 9_000_000)
 	}
-	if bal[ledger.AccountPlatform] != 1_000_000 {
-		t.Errorf("platform = %d, want 1000000", bal[ledger.AccountPlatform])
+	if bal[ledger.AccountPlatform]+bal[ledger.AccountBountyPool] != 1_000_000 {
+		t.Errorf("platform + pool = %d, want 1000000", bal[ledger.AccountPlatform]+bal[ledger.AccountBountyPool])
 	}
 	if c := f.account(t, consumer); c.Spent != 5_000_000 || c.Calls != 1 {
 		t.Errorf("consumer spent %d calls %d, want 5000000 and 1", c.Spent, c.Calls)
@@ -811,8 +812,8 @@ func TestConfigValidate(t *testing.T) {
 	for name, tweak := range map[string]func(*Config){
 		"no host":           func(c *Config) { c.Host = nil },
 		"no ledger":         func(c *Config) { c.Ledger = nil },
-		"share above 100%":  func(c *Config) { c.ProviderBps = 10001 },
-		"negative share":    func(c *Config) { c.ProviderBps = -1 },
+		"share above 100%":  func(c *Config) { c.Terms.ProviderBps = 10001 },
+		"negative share":    func(c *Config) { c.Terms.ProviderBps = -1 },
 		"negative credit":   func(c *Config) { c.StartingCredit = -1 },
 		"negative sign-ups": func(c *Config) { c.SignupLimit = -1 },
 	} {

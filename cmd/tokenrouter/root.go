@@ -50,6 +50,7 @@ A flag given on the command line wins over the environment, which wins over the 
 		newNodeCmd(g),
 		newGatewayCmd(g),
 		newDevCmd(g),
+		newLedgerCmd(g),
 	)
 	return root
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -26,12 +27,21 @@ func startMesh(t *testing.T, nodes int) *launch.Mesh {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	m, err := launch.StartMesh(ctx, launch.MeshOptions{Dir: t.TempDir(), Nodes: nodes, Rate: 0})
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	m, err := launch.StartMesh(ctx, launch.MeshOptions{Dir: t.TempDir(), Nodes: nodes, Rate: 0, Logger: log})
 	if err != nil {
 		t.Fatalf("start mesh: %v", err)
 	}
 	t.Cleanup(func() { m.Stop() })
 	return m
+}
+
+// testWriter sends the mesh's warnings to the test log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
 
 func client(m *launch.Mesh, key string) openai.Client {
@@ -186,6 +196,10 @@ func TestPaidCallsSettleEndToEnd(t *testing.T) {
 		}
 	}
 	if err := stream.Err(); err != nil {
+		var apiErr *openai.Error
+		if errors.As(err, &apiErr) {
+			t.Fatalf("stream: %v: %s", err, apiErr.RawJSON())
+		}
 		t.Fatalf("stream: %v", err)
 	}
 	calls++
@@ -235,8 +249,9 @@ func TestPaidCallsSettleEndToEnd(t *testing.T) {
 	if provider != op.EarnedUcr {
 		t.Fatalf("operator balance grew by %d but earned says %d", provider, op.EarnedUcr)
 	}
-	if provider+bal[ledger.AccountPlatform] != total {
-		t.Fatalf("provider %d + platform %d != consumer spent %d", provider, bal[ledger.AccountPlatform], total)
+	// The platform's 20% is split between what it keeps and the bounty pool it funds.
+	if provider+bal[ledger.AccountPlatform]+bal[ledger.AccountBountyPool] != total {
+		t.Fatalf("provider %d + platform %d + pool %d != consumer spent %d", provider, bal[ledger.AccountPlatform], bal[ledger.AccountBountyPool], total)
 	}
 	if provider > total*8/10 || provider < total*8/10-calls { // floor per call; the platform owns remainders
 		t.Fatalf("provider got %d of %d, want ~80%%", provider, total)

@@ -121,7 +121,7 @@ func Settle(ctx context.Context, o SettleOptions) error {
 	}
 	defer h.Close()
 	defer p2p.RemoveRunFiles(o.Data)
-	led, err := ledger.Open(filepath.Join(o.Data, "ledger"), ledger.Options{Logger: log})
+	led, err := ledger.Open(filepath.Join(o.Data, "ledger"), ledger.Options{Logger: log, Signer: h.Key})
 	if err != nil {
 		return fmt.Errorf("open ledger: %w", err)
 	}

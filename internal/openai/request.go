@@ -12,7 +12,9 @@ import (
 type Meta struct {
 	Model        string
 	Stream       bool
-	IncludeUsage bool // stream_options.include_usage
+	IncludeUsage bool  // stream_options.include_usage
+	MaxTokens    int64 // max_completion_tokens, else max_tokens; 0 when absent
+	N            int64 // choices asked for; 1 when absent
 }
 
 // RequestError is a client mistake in a request body, with the parameter it concerns.
@@ -74,6 +76,20 @@ func ParseMeta(body []byte) (Meta, error) {
 			if json.Unmarshal(iu, &m.IncludeUsage) != nil {
 				return Meta{}, &RequestError{Param: "stream_options.include_usage", Code: "invalid_type", Message: "stream_options.include_usage must be a boolean"}
 			}
+		}
+	}
+	m.N = 1
+	for _, k := range []string{"max_completion_tokens", "max_tokens"} {
+		if raw, ok := obj[k]; ok && string(raw) != "null" {
+			if json.Unmarshal(raw, &m.MaxTokens) != nil || m.MaxTokens < 0 {
+				return Meta{}, &RequestError{Param: k, Code: "invalid_type", Message: k + " must be a non-negative integer"}
+			}
+			break
+		}
+	}
+	if raw, ok := obj["n"]; ok && string(raw) != "null" {
+		if json.Unmarshal(raw, &m.N) != nil || m.N < 1 || m.N > 128 {
+			return Meta{}, &RequestError{Param: "n", Code: "invalid_value", Message: "n must be an integer from 1 to 128"}
 		}
 	}
 	return m, nil

@@ -28,37 +28,29 @@ func (l *Ledger) CreateAccount(grant int64) (AccountState, string, error) {
 	if grant < 0 {
 		return AccountState{}, "", fmt.Errorf("%w: negative grant %d", ErrInvalid, grant)
 	}
-	l.wmu.Lock()
-	defer l.wmu.Unlock()
-	if l.closed {
-		return AccountState{}, "", ErrClosed
-	}
-	id := l.newAccountID()
-	now := l.now().UTC()
-	w := l.newWork(now)
-	w.put(AccountState{ID: id, StartingCredit: grant, Created: now})
-	if err := w.apply("grant:"+id, []Transfer{{From: AccountMint, To: id, Amount: grant, Kind: KindGrant}}); err != nil {
-		return AccountState{}, "", err
-	}
+	var st AccountState
 	key, hash := newAPIKey()
-
-	b := l.db.NewBatch()
-	defer b.Close()
-	if err := w.write(b); err != nil {
+	err := l.run(func(t *txn) error {
+		id := l.newAccountID()
+		i := t.accts.add(id, AccountState{ID: id, StartingCredit: grant, Created: t.now})
+		p := Posting{Key: "grant:" + id, Transfers: []Transfer{
+			{From: AccountMint, To: id, Amount: grant, Kind: KindGrant, Leg: "grant"},
+		}}
+		if err := t.apply(&p); err != nil {
+			return err
+		}
+		if err := t.accept(&p, nil, false); err != nil {
+			return err
+		}
+		t.keys[hash] = id
+		st = t.accts.vals[i]
+		return nil
+	})
+	if err != nil {
 		return AccountState{}, "", err
 	}
-	if err := b.Set(apiKeyKey(hash), []byte(id), nil); err != nil {
-		return AccountState{}, "", err
-	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return AccountState{}, "", fmt.Errorf("ledger: commit new account: %w", err)
-	}
-	l.publish(w)
-	l.mu.Lock()
-	l.keys[hash] = id
-	l.mu.Unlock()
-	l.logger.Info("account created", "account", id, "grant_ucr", grant)
-	return w.accounts[id], key, nil
+	l.logger.Info("account created", "account", st.ID, "grant_ucr", grant)
+	return st, key, nil
 }
 
 // newAccountID draws an unused account id. Called with wmu held.
@@ -67,7 +59,7 @@ func (l *Ledger) newAccountID() string {
 		var b [8]byte
 		_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (it crashes the program instead)
 		id := "acct_" + hex.EncodeToString(b[:])
-		if _, taken := l.accounts[id]; !taken {
+		if _, taken := l.w.accounts[id]; !taken {
 			return id
 		}
 	}
@@ -91,10 +83,10 @@ func hashKey(key string) string {
 func (l *Ledger) NewAPIKey(account string) (string, error) {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	if l.closed {
-		return "", ErrClosed
+	if err := l.writable(); err != nil {
+		return "", err
 	}
-	if _, ok := l.accounts[account]; !ok {
+	if _, ok := l.w.accounts[account]; !ok {
 		return "", fmt.Errorf("%w: %q", ErrUnknownAccount, account)
 	}
 	key, hash := newAPIKey()
@@ -112,14 +104,17 @@ func (l *Ledger) NewAPIKey(account string) (string, error) {
 func (l *Ledger) RevokeAPIKey(account, key string) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	if l.closed {
-		return ErrClosed
+	if err := l.writable(); err != nil {
+		return err
 	}
-	if _, ok := l.accounts[account]; !ok {
+	if _, ok := l.w.accounts[account]; !ok {
 		return fmt.Errorf("%w: %q", ErrUnknownAccount, account)
 	}
 	hash := hashKey(key)
-	if l.keys[hash] != account {
+	l.mu.RLock()
+	owner := l.keys[hash]
+	l.mu.RUnlock()
+	if owner != account {
 		return ErrUnknownKey
 	}
 	if err := l.db.Delete(apiKeyKey(hash), pebble.Sync); err != nil {
@@ -147,7 +142,7 @@ func (l *Ledger) AccountByKey(key string) (string, error) {
 func (l *Ledger) Account(id string) (AccountState, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	st, ok := l.accounts[id]
+	st, ok := l.pub.accounts[id]
 	if !ok {
 		return AccountState{}, fmt.Errorf("%w: %q", ErrUnknownAccount, id)
 	}
@@ -159,8 +154,8 @@ func (l *Ledger) Account(id string) (AccountState, error) {
 func (l *Ledger) Balances() (map[string]int64, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	out := make(map[string]int64, len(l.accounts))
-	for id, st := range l.accounts {
+	out := make(map[string]int64, len(l.pub.accounts))
+	for id, st := range l.pub.accounts {
 		out[id] = st.Balance
 	}
 	return out, nil
@@ -174,10 +169,10 @@ func (l *Ledger) LinkNode(peerID, account string) error {
 	}
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	if l.closed {
-		return ErrClosed
+	if err := l.writable(); err != nil {
+		return err
 	}
-	if _, ok := l.accounts[account]; !ok {
+	if _, ok := l.w.accounts[account]; !ok {
 		return fmt.Errorf("%w: %q", ErrUnknownAccount, account)
 	}
 	if l.nodes[peerID] == account {

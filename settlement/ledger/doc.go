@@ -3,39 +3,81 @@
 // Every movement of money is a Transfer between two accounts, so the sum of
 // all balances is always zero: the "mint" account goes negative by exactly
 // what it has issued, and no other account may go below zero. Amounts are
-// integer micro-credits (µcr).
+// integer micro-credits (µcr). Each applied transfer has an ID, its
+// posting's idempotency key + "/" + its leg ("provider", "platform", ...).
+//
+// # Holds
+//
+// A hold (Hold, ExtendHold, VoidHold, ExpireHolds) reserves part of an
+// account's balance for a call in flight, like a TigerBeetle pending
+// transfer: AccountState.Held is the sum of the open holds' Remaining, and
+// nothing else may spend it (Available = Balance - Held). A posting naming
+// the hold draws the consumer's debits from it first, then from Available.
+// A posting against a voided or expired hold still settles, from Available.
 //
 // # Writes
 //
-// Writers are serialised by a mutex. Each write (Post, CreateAccount,
-// NewAPIKey, RevokeAPIKey, LinkNode) builds ONE pebble batch holding every
-// record it changes — transfers, index entries, account states, counters and
-// the idempotency record — and commits it with pebble.Sync. A call returns only
-// after the WAL fsync, so anything acknowledged survives a crash, and a crash
-// leaves either the whole batch or none of it. The in-memory cache is updated
-// only after the commit succeeds.
+// Every balance- or hold-changing write (PostBatch and Post, CreateAccount,
+// the hold calls) builds ONE pebble batch holding every record it changes —
+// transfers, index entries, hold records and events, account states,
+// counters, idempotency records and a chain link — and commits it with
+// pebble.Sync. PostBatch puts a whole batch of postings, each accepted or
+// rejected on its own, into one such commit.
+//
+//	lock wmu
+//	  apply to an overlay of the working state  (rejected postings roll back)
+//	  encode records into the batch (binary), seal it with a chain link
+//	  db.ApplyNoSyncWait(batch, Sync)           (ordered, readable, not yet durable)
+//	  install into the working state
+//	unlock wmu
+//	batch.SyncWait()                            (the WAL fsync, shared with concurrent writers)
+//	wait for the previous batch to publish; publish to readers
+//
+// A call returns only after its fsync, and after every batch before it is
+// durable, so anything acknowledged (a replay included) survives a crash,
+// and a crash leaves either the whole batch or none of it. If an fsync
+// fails, the working state is ahead of the disk: the ledger refuses every
+// later write until it is reopened. NewAPIKey, RevokeAPIKey and LinkNode
+// write one synced record each.
 //
 // # Reads
 //
-// Account states, API-key hashes and node links are loaded into memory at Open;
-// Account, Balances, AccountByKey, NodeAccount and Nodes never touch disk.
-// Transactions reads the transfer index from Pebble, ignoring any record whose
-// commit has not yet returned (Pebble makes writes visible before their sync).
+// Account states, open holds, API-key hashes and node links are loaded into
+// memory at Open; Account, Balances, Holds, AccountByKey, NodeAccount and
+// Nodes never touch disk. Readers see only published (durable) state.
+// Transactions and HoldInfo (for closed holds) read Pebble, ignoring any
+// record whose commit has not yet returned (Pebble makes writes visible
+// before their sync).
+//
+// # Chain
+//
+// Every batch that moves money or changes holds appends a ChainLink: a
+// SHA-256 digest of its transfers and hold events, chained to the previous
+// link's hash and signed with Options.Signer. Verify re-checks a closed
+// store: the chain and its signatures, that the records are exactly those
+// the links cover, and that every balance and Held matches its records.
 //
 // # Key layout
 //
 // All keys are ASCII with a one-letter prefix; sequence numbers are 16-digit
-// zero-padded lowercase hex so that byte order is numeric order.
+// zero-padded lowercase hex so that byte order is numeric order. Values are
+// binary (a version byte, then varints and length-prefixed strings; see
+// codec.go) unless noted.
 //
-//	a/<account>              account state (JSON: balance, earned, spent, calls, starting credit, created)
+//	a/<account>              account state: id, balance, held, earned, spent, calls, starting credit, created
 //	k/<sha256(api key) hex>  owning account id; the plaintext key is never stored
 //	n/<peer id>              account the node is linked to
 //	i/<idempotency key>      32-byte SHA-256 of the posting's payload, then the 8-byte big-endian
 //	                         sequence number the posting's first transfer got
-//	t/<seq>                  transfer record (JSON TxRecord)
+//	t/<seq>                  transfer record: seq, time, key, leg, from, to, amount, kind
 //	x/<account>/<seq>        empty; per-account index of transfers touching <account>
+//	h/<hold id>              hold: account, holder, amount, remaining, expires, closed, last event seq
+//	e/<seq>                  hold event: seq, time, kind, hold, account, holder, delta, closed, expires
+//	c/<seq>                  chain link: seq, prev, hash, digest, tx and event ranges, time, signature
 //	m/seq                    8-byte big-endian next transfer sequence number
+//	m/eseq                   8-byte big-endian next hold event sequence number
 //
 // Account ids never contain '/', so "x/<account>/" is a prefix of exactly one
-// account's index.
+// account's index. Account and transfer records written as JSON by earlier
+// versions are still read.
 package ledger

@@ -1,7 +1,10 @@
 package ledger
 
 import (
+	"bytes"
+	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -28,7 +31,9 @@ func openLedger(t testing.TB, fs vfs.FS, dir string) *Ledger {
 }
 
 // checkInvariants asserts that balances sum to zero, that only mint is
-// negative, and that the cache matches what the store holds on disk.
+// negative, that every account's Held is at most its balance and equals the
+// sum of its open holds' Remaining, and — when no write is in flight — that
+// the cache matches the store on disk and the whole chain verifies.
 func checkInvariants(t testing.TB, l *Ledger) {
 	t.Helper()
 	bal, err := l.Balances()
@@ -41,6 +46,17 @@ func checkInvariants(t testing.TB, l *Ledger) {
 			t.Fatalf("account %q has negative balance %d", id, b)
 		}
 		sum += b
+		st := mustAccount(t, l, id)
+		var held int64
+		for _, h := range l.Holds(id) {
+			if h.Closed || h.Account != id || h.Remaining < 0 || h.Remaining > h.Amount {
+				t.Fatalf("Holds(%q) lists %+v", id, h)
+			}
+			held += h.Remaining
+		}
+		if st.Held != held || st.Held < 0 || st.Held > 0 && st.Held > st.Balance || st.Available() != st.Balance-st.Held {
+			t.Fatalf("account %q: held %d of balance %d, its open holds %d", id, st.Held, st.Balance, held)
+		}
 	}
 	if sum != 0 {
 		t.Fatalf("balances sum to %d, want 0: %v", sum, bal)
@@ -48,6 +64,64 @@ func checkInvariants(t testing.TB, l *Ledger) {
 	if bal[AccountMint] > 0 {
 		t.Fatalf("mint has positive balance %d", bal[AccountMint])
 	}
+	checkDisk(t, l)
+}
+
+// checkDisk compares the cache with the account records on disk and
+// verifies the chain of the live store. It skips a closed ledger.
+func checkDisk(t testing.TB, l *Ledger) {
+	t.Helper()
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	<-l.tail.done // no write in flight
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return
+	}
+	n := 0
+	err := scanPrefix(l.db, prefixAccount, func(k string, v []byte) error {
+		st, err := decodeAccount(v)
+		if err != nil {
+			return err
+		}
+		if got := l.pub.accounts[k]; got != st {
+			return fmt.Errorf("account %q: cache %+v, disk %+v", k, got, st)
+		}
+		n++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != len(l.pub.accounts) {
+		t.Fatalf("%d accounts on disk, %d cached", n, len(l.pub.accounts))
+	}
+	rep, err := verifyDB(l.db, nil)
+	if err != nil {
+		t.Fatalf("verify live store: %v", err)
+	}
+	if rep.Head != l.pub.head.Hash || rep.Transfers != int(l.pub.nextSeq-1) {
+		t.Fatalf("verify report %+v, head %d %x, next seq %d", rep, l.pub.head.Seq, l.pub.head.Hash[:4], l.pub.nextSeq)
+	}
+}
+
+// edSigner and edVerifier adapt ed25519 keys to Signer and Verifier, as
+// libp2p's crypto.PrivKey and crypto.PubKey do.
+type edSigner struct{ k ed25519.PrivateKey }
+
+func (s edSigner) Sign(data []byte) ([]byte, error) { return ed25519.Sign(s.k, data), nil }
+
+type edVerifier struct{ k ed25519.PublicKey }
+
+func (v edVerifier) Verify(data, sig []byte) (bool, error) {
+	return ed25519.Verify(v.k, data, sig), nil
+}
+
+// newKeys returns a deterministic ed25519 key pair.
+func newKeys(seed byte) (edSigner, edVerifier) {
+	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{seed}, ed25519.SeedSize))
+	return edSigner{priv}, edVerifier{priv.Public().(ed25519.PublicKey)}
 }
 
 func mustCreate(t testing.TB, l *Ledger, grant int64) (AccountState, string) {

@@ -14,21 +14,50 @@ const (
 	prefixIdem    = "i/"
 	prefixTx      = "t/"
 	prefixIndex   = "x/"
+	prefixHold    = "h/"
+	prefixEvent   = "e/"
+	prefixLink    = "c/"
 	keyNextSeq    = "m/seq"
+	keyNextEvent  = "m/eseq"
 )
 
 func accountKey(id string) []byte    { return []byte(prefixAccount + id) }
 func apiKeyKey(hash string) []byte   { return []byte(prefixAPIKey + hash) }
 func nodeKey(peer string) []byte     { return []byte(prefixNode + peer) }
 func idemKey(key string) []byte      { return []byte(prefixIdem + key) }
-func txKey(seq uint64) []byte        { return []byte(prefixTx + seqString(seq)) }
+func holdKey(id string) []byte       { return []byte(prefixHold + id) }
+func txKey(seq uint64) []byte        { return appendSeqKey(nil, prefixTx, seq) }
+func eventKey(seq uint64) []byte     { return appendSeqKey(nil, prefixEvent, seq) }
+func linkKey(seq uint64) []byte      { return appendSeqKey(nil, prefixLink, seq) }
 func indexPrefix(acct string) string { return prefixIndex + acct + "/" }
 
 func indexKey(acct string, seq uint64) []byte {
-	return []byte(indexPrefix(acct) + seqString(seq))
+	return appendIndexKey(nil, acct, seq)
 }
 
-func seqString(seq uint64) string { return fmt.Sprintf("%016x", seq) }
+// appendIndexKey appends x/<acct>/<seq> to b.
+func appendIndexKey(b []byte, acct string, seq uint64) []byte {
+	b = append(b, prefixIndex...)
+	b = append(b, acct...)
+	b = append(b, '/')
+	return appendSeqHex(b, seq)
+}
+
+// appendSeqKey appends prefix and the 16-digit hex seq to b.
+func appendSeqKey(b []byte, prefix string, seq uint64) []byte {
+	return appendSeqHex(append(b, prefix...), seq)
+}
+
+// appendSeqHex appends seq as 16 zero-padded lowercase hex digits.
+func appendSeqHex(b []byte, seq uint64) []byte {
+	const digits = "0123456789abcdef"
+	for shift := 60; shift >= 0; shift -= 4 {
+		b = append(b, digits[(seq>>uint(shift))&0xf])
+	}
+	return b
+}
+
+func seqString(seq uint64) string { return string(appendSeqHex(nil, seq)) }
 
 func parseSeq(s string) (uint64, error) {
 	if len(s) != 16 {
@@ -51,8 +80,9 @@ type idemRecord struct {
 	seq  uint64
 }
 
-func (r idemRecord) encode() []byte {
-	b := make([]byte, 0, 40)
+func (r idemRecord) encode() []byte { return r.appendTo(make([]byte, 0, 40)) }
+
+func (r idemRecord) appendTo(b []byte) []byte {
 	b = append(b, r.hash[:]...)
 	return binary.BigEndian.AppendUint64(b, r.seq)
 }

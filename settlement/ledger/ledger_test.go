@@ -58,7 +58,7 @@ func TestCreateAccountMintsGrant(t *testing.T) {
 	if err != nil || next != "" || len(txs) != 1 {
 		t.Fatalf("Transactions = %+v, %q, %v", txs, next, err)
 	}
-	want := TxRecord{Seq: 1, Key: "grant:" + st.ID, From: AccountMint, To: st.ID,
+	want := TxRecord{Seq: 1, ID: "grant:" + st.ID + "/grant", Key: "grant:" + st.ID, From: AccountMint, To: st.ID,
 		Amount: economy.StartingCreditUcr, Kind: KindGrant, Time: fixedNow()}
 	if txs[0] != want {
 		t.Fatalf("grant record = %+v, want %+v", txs[0], want)
@@ -149,16 +149,16 @@ func TestPostValidation(t *testing.T) {
 		p    Posting
 		want error
 	}{
-		{"empty key", Posting{Transfers: []Transfer{{a.ID, AccountPlatform, 1, KindCall}}}, ErrInvalid},
-		{"negative amount", Posting{Key: "k", Transfers: []Transfer{{a.ID, AccountPlatform, -1, KindCall}}}, ErrInvalid},
-		{"self transfer", Posting{Key: "k", Transfers: []Transfer{{a.ID, a.ID, 1, KindCall}}}, ErrInvalid},
-		{"empty kind", Posting{Key: "k", Transfers: []Transfer{{a.ID, AccountPlatform, 1, ""}}}, ErrInvalid},
-		{"unknown from", Posting{Key: "k", Transfers: []Transfer{{"acct_0000000000000000", AccountPlatform, 1, KindCall}}}, ErrUnknownAccount},
-		{"unknown to", Posting{Key: "k", Transfers: []Transfer{{a.ID, "acct_0000000000000000", 1, KindCall}}}, ErrUnknownAccount},
-		{"unknown consumer", Posting{Key: "k", Consumer: "acct_x", Transfers: []Transfer{{a.ID, AccountPlatform, 1, KindCall}}}, ErrUnknownAccount},
-		{"bare node prefix", Posting{Key: "k", Transfers: []Transfer{{a.ID, "node:", 1, KindCall}}}, ErrUnknownAccount},
-		{"node id with slash", Posting{Key: "k", Transfers: []Transfer{{a.ID, "node:a/b", 1, KindCall}}}, ErrUnknownAccount},
-		{"unfunded node", Posting{Key: "k", Transfers: []Transfer{{"node:poor", a.ID, 1, KindCall}}}, ErrInsufficientFunds},
+		{"empty key", Posting{Transfers: []Transfer{{a.ID, AccountPlatform, 1, KindCall, ""}}}, ErrInvalid},
+		{"negative amount", Posting{Key: "k", Transfers: []Transfer{{a.ID, AccountPlatform, -1, KindCall, ""}}}, ErrInvalid},
+		{"self transfer", Posting{Key: "k", Transfers: []Transfer{{a.ID, a.ID, 1, KindCall, ""}}}, ErrInvalid},
+		{"empty kind", Posting{Key: "k", Transfers: []Transfer{{a.ID, AccountPlatform, 1, "", ""}}}, ErrInvalid},
+		{"unknown from", Posting{Key: "k", Transfers: []Transfer{{"acct_0000000000000000", AccountPlatform, 1, KindCall, ""}}}, ErrUnknownAccount},
+		{"unknown to", Posting{Key: "k", Transfers: []Transfer{{a.ID, "acct_0000000000000000", 1, KindCall, ""}}}, ErrUnknownAccount},
+		{"unknown consumer", Posting{Key: "k", Consumer: "acct_x", Transfers: []Transfer{{a.ID, AccountPlatform, 1, KindCall, ""}}}, ErrUnknownAccount},
+		{"bare node prefix", Posting{Key: "k", Transfers: []Transfer{{a.ID, "node:", 1, KindCall, ""}}}, ErrUnknownAccount},
+		{"node id with slash", Posting{Key: "k", Transfers: []Transfer{{a.ID, "node:a/b", 1, KindCall, ""}}}, ErrUnknownAccount},
+		{"unfunded node", Posting{Key: "k", Transfers: []Transfer{{"node:poor", a.ID, 1, KindCall, ""}}}, ErrInsufficientFunds},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -434,8 +434,8 @@ func TestTransactionsPaging(t *testing.T) {
 	c, _ := mustCreate(t, l, 1000)
 	other, _ := mustCreate(t, l, 1000)
 	for i := range 6 {
-		mustPost(t, l, Posting{Key: fmt.Sprintf("r%d", i), Transfers: []Transfer{{c.ID, AccountPlatform, int64(i + 1), KindCall}}})
-		mustPost(t, l, Posting{Key: fmt.Sprintf("o%d", i), Transfers: []Transfer{{other.ID, AccountPlatform, 1, KindCall}}})
+		mustPost(t, l, Posting{Key: fmt.Sprintf("r%d", i), Transfers: []Transfer{{c.ID, AccountPlatform, int64(i + 1), KindCall, ""}}})
+		mustPost(t, l, Posting{Key: fmt.Sprintf("o%d", i), Transfers: []Transfer{{other.ID, AccountPlatform, 1, KindCall, ""}}})
 	}
 	var all []TxRecord
 	cursor := ""

@@ -1,7 +1,6 @@
 package ledger
 
 import (
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -20,6 +19,9 @@ const (
 type TxRecord struct {
 	// Seq numbers transfers in commit order, from 1.
 	Seq uint64 `json:"seq"`
+	// ID is Key + "/" + the transfer's leg (or its index in the posting),
+	// unique across the ledger.
+	ID string `json:"id"`
 	// Key is the posting's idempotency key (e.g. the request id), or
 	// "grant:<account>" for a starting grant.
 	Key    string    `json:"ref"`
@@ -46,11 +48,11 @@ func (l *Ledger) Transactions(account, cursor string, limit int) ([]TxRecord, st
 	if l.closed {
 		return nil, "", ErrClosed
 	}
-	if _, ok := l.accounts[account]; !ok {
+	if _, ok := l.pub.accounts[account]; !ok {
 		return nil, "", fmt.Errorf("%w: %q", ErrUnknownAccount, account)
 	}
 	// Transfers at or past nextSeq may be in Pebble but not yet synced.
-	before := l.nextSeq
+	before := l.pub.nextSeq
 	if cursor != "" {
 		seq, err := parseSeq(cursor)
 		if err != nil {
@@ -98,8 +100,8 @@ func (l *Ledger) readTx(seq uint64) (TxRecord, error) {
 		return TxRecord{}, fmt.Errorf("%w: transfer %d: %v", ErrCorrupt, seq, err)
 	}
 	defer closer.Close()
-	var rec TxRecord
-	if err := json.Unmarshal(v, &rec); err != nil || rec.Seq != seq {
+	rec, _, err := decodeTx(v)
+	if err != nil || rec.Seq != seq {
 		return TxRecord{}, fmt.Errorf("%w: transfer record %d", ErrCorrupt, seq)
 	}
 	return rec, nil

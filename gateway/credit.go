@@ -1,0 +1,169 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/internal/openai"
+	"github.com/tokenrouter/tokenrouter/p2p"
+	"github.com/tokenrouter/tokenrouter/settlement/economy"
+)
+
+// Credit lines: before forwarding a call the gateway reserves its worst-case
+// cost against a hold it took from the settlement peer on the consumer's
+// account, and gives back what the call did not use. One hold serves many
+// calls, so a call costs no settlement round trip; settlement never lets the
+// holds of all gateways exceed an account's balance; and while settlement is
+// briefly down the gateway keeps serving on what it holds.
+
+// Errors a reservation can fail with.
+var (
+	errNoCredit          = errors.New("gateway: insufficient credits")
+	errSettlementOffline = errors.New("gateway: settlement unreachable and no credit line left")
+)
+
+// CreditConfig sizes credit lines.
+type CreditConfig struct {
+	MinTopUp     int64         // the least a hold grows by, so small calls do not each top up
+	TopUpFactor  int64         // a top-up covers this many calls like the one that needed it
+	HoldFor      time.Duration // a hold's life; each top-up renews it
+	RenewBefore  time.Duration // top up when a hold has less than this left to live
+	MaxEstimated int64         // completion tokens assumed when a call sets no max_tokens
+}
+
+// DefaultCreditConfig returns the defaults.
+func DefaultCreditConfig() CreditConfig {
+	return CreditConfig{
+		MinTopUp:     200_000,          // 0.2 credits: hundreds of small calls per round trip
+		TopUpFactor:  8,                // a burst of similar calls shares one top-up
+		HoldFor:      10 * time.Minute, // a vanished gateway's holds return within 10 minutes
+		RenewBefore:  time.Minute,      // never spend on a hold about to expire
+		MaxEstimated: 4096,             // a typical engine's default cap on completion length
+	}
+}
+
+type creditLines struct {
+	h        *p2p.Host
+	platform peer.ID
+	cfg      CreditConfig
+
+	mu    sync.Mutex
+	lines map[string]*creditLine // by account
+}
+
+type creditLine struct {
+	mu        sync.Mutex // serialises top-ups of one account
+	id        string
+	remaining int64 // what this gateway may still spend
+	expires   time.Time
+}
+
+func newCreditLines(h *p2p.Host, platform peer.ID, cfg CreditConfig) *creditLines {
+	return &creditLines{h: h, platform: platform, cfg: cfg, lines: map[string]*creditLine{}}
+}
+
+// estimate is a call's worst-case cost: every request byte a prompt token
+// (what billing caps input at) and the full completion length asked for.
+func (cl *creditLines) estimate(price economy.Price, body []byte, meta openai.Meta) int64 {
+	out := meta.MaxTokens
+	if out <= 0 || out > cl.cfg.MaxEstimated*4 {
+		out = cl.cfg.MaxEstimated
+	}
+	return economy.Cost(price, int64(len(body)), out*max(meta.N, 1))
+}
+
+// reserve sets aside amount on the account's line, topping it up from
+// settlement when needed. It returns the hold id the call spends against.
+func (cl *creditLines) reserve(ctx context.Context, key, account string, amount int64) (string, error) {
+	cl.mu.Lock()
+	l := cl.lines[account]
+	if l == nil {
+		l = &creditLine{}
+		cl.lines[account] = l
+	}
+	cl.mu.Unlock()
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if l.id != "" && l.remaining >= amount && now.Add(cl.cfg.RenewBefore).Before(l.expires) {
+		l.remaining -= amount
+		return l.id, nil
+	}
+	id := l.id
+	if id == "" || !now.Before(l.expires) {
+		id = newHoldID()
+	}
+	want := max(amount*cl.cfg.TopUpFactor, cl.cfg.MinTopUp)
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	resp, err := cl.h.CallSettle(cctx, cl.platform, &p2p.SettleRequest{Op: p2p.OpHold, APIKey: key, Hold: &p2p.HoldRequest{
+		ID: id, Amount: want, Min: amount, ExpiresMs: now.Add(cl.cfg.HoldFor).UnixMilli(),
+	}})
+	cancel()
+	var rpcErr *p2p.RPCError
+	switch {
+	case errors.As(err, &rpcErr) && rpcErr.Code == p2p.CodeInsufficient:
+		return "", errNoCredit
+	case errors.As(err, &rpcErr) && rpcErr.Code == p2p.CodeUnknownKey:
+		return "", errUnknownKey
+	case err != nil || resp.Hold == nil:
+		// Settlement is out of reach: spend what the line still holds.
+		if l.id != "" && l.remaining >= amount && now.Before(l.expires) {
+			l.remaining -= amount
+			return l.id, nil
+		}
+		return "", errSettlementOffline
+	}
+	if id != l.id {
+		l.remaining = 0 // a new hold: the old one's rest returns to the account on its expiry
+	}
+	l.id = resp.Hold.ID
+	l.remaining += resp.Hold.Added
+	l.expires = time.UnixMilli(resp.Hold.ExpiresMs)
+	if l.remaining < amount {
+		return "", errNoCredit
+	}
+	l.remaining -= amount
+	return l.id, nil
+}
+
+// settle returns to the line what a call reserved but did not spend.
+func (cl *creditLines) settle(account string, reserved, spent int64) {
+	cl.mu.Lock()
+	l := cl.lines[account]
+	cl.mu.Unlock()
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	l.remaining += reserved - spent
+	l.mu.Unlock()
+}
+
+// release gives every line's rest back to its account (the gateway is stopping).
+func (cl *creditLines) release(ctx context.Context) {
+	cl.mu.Lock()
+	ids := make([]string, 0, len(cl.lines))
+	for _, l := range cl.lines {
+		if l.id != "" {
+			ids = append(ids, l.id)
+		}
+	}
+	cl.mu.Unlock()
+	for _, id := range ids {
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		cl.h.CallSettle(cctx, cl.platform, &p2p.SettleRequest{Op: p2p.OpRelease, Hold: &p2p.HoldRequest{ID: id}})
+		cancel()
+	}
+}
+
+func newHoldID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return "hold_" + hex.EncodeToString(b[:])
+}

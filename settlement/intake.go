@@ -1,0 +1,286 @@
+package settlement
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/nodecore"
+	"github.com/tokenrouter/tokenrouter/p2p"
+	"github.com/tokenrouter/tokenrouter/settlement/economy"
+	"github.com/tokenrouter/tokenrouter/settlement/ledger"
+)
+
+// Receipt intake. Receipts are checked where they arrive (signatures,
+// grant, hold, price, cost: CPU work spread over the cores), then one
+// committer turns them into ledger postings — the split, the bounty and the
+// anti-flapping cut — and commits as many as are waiting in one synced
+// Pebble batch, the chain link with them. Only then is anything
+// acknowledged.
+
+// Outcome is what became of one receipt.
+type Outcome struct {
+	Applied bool  // false with a nil Err: a replay of a receipt already applied
+	Err     error // why it was refused, or ErrIntakeStopped
+}
+
+// ErrIntakeStopped is returned for receipts that arrive while the peer stops.
+var ErrIntakeStopped = errors.New("settlement: stopping; retry")
+
+// maxCommitBatch bounds one ledger batch.
+const maxCommitBatch = 2048
+
+type checked struct {
+	r        *p2p.Receipt
+	payload  []byte
+	provider string
+	cost     int64
+	holdID   string // ledger id of the hold, "" for none
+	done     chan Outcome
+}
+
+type intake struct {
+	s  *Settlement
+	ch chan *checked
+}
+
+// ApplyReceipts checks and commits receipts sent by gateway from, one
+// outcome per receipt, in order.
+func (s *Settlement) ApplyReceipts(from peer.ID, rs []*p2p.Receipt) []Outcome {
+	out := make([]Outcome, len(rs))
+	pending := make([]*checked, len(rs))
+	// Check in parallel: signature verification dominates.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	for i, r := range rs {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			c, err := s.check(from, r)
+			if err != nil {
+				out[i] = Outcome{Err: err}
+				return
+			}
+			pending[i] = c
+		})
+	}
+	wg.Wait()
+	for _, c := range pending {
+		if c == nil {
+			continue
+		}
+		select {
+		case s.intake.ch <- c:
+		case <-s.stopped:
+			c.done <- Outcome{Err: ErrIntakeStopped}
+		}
+	}
+	for i, c := range pending {
+		if c != nil {
+			out[i] = <-c.done
+		}
+		s.countOutcome(from, rs[i], out[i])
+	}
+	return out
+}
+
+// ApplyReceipt is ApplyReceipts for one receipt.
+func (s *Settlement) ApplyReceipt(from peer.ID, r *p2p.Receipt) (bool, error) {
+	o := s.ApplyReceipts(from, []*p2p.Receipt{r})[0]
+	return o.Applied, o.Err
+}
+
+func (s *Settlement) countOutcome(from peer.ID, r *p2p.Receipt, o Outcome) {
+	switch {
+	case o.Err == nil && o.Applied:
+		s.metrics.receipts.WithLabelValues("applied").Inc()
+	case o.Err == nil:
+		s.metrics.receipts.WithLabelValues("duplicate").Inc()
+	case errors.Is(o.Err, ErrReceiptRejected), errors.Is(o.Err, p2p.ErrBadReceipt), errors.Is(o.Err, p2p.ErrBadSignature),
+		errors.Is(o.Err, ledger.ErrConflict), errors.Is(o.Err, ledger.ErrInvalid):
+		s.metrics.receipts.WithLabelValues("rejected").Inc()
+		id := ""
+		if r != nil {
+			id = r.RequestID
+		}
+		s.log.Warn("receipt rejected", "request", id, "gateway", from.String(), "err", o.Err)
+	default:
+		s.metrics.receipts.WithLabelValues("failed").Inc()
+		s.log.Error("receipt not applied", "err", o.Err)
+	}
+}
+
+// check validates one receipt from gateway from.
+func (s *Settlement) check(from peer.ID, r *p2p.Receipt) (*checked, error) {
+	switch {
+	case r == nil:
+		return nil, fmt.Errorf("%w: receipt missing", ErrReceiptRejected)
+	case r.Gateway != from.String():
+		return nil, fmt.Errorf("%w: sent by %s but signed for gateway %s", ErrReceiptRejected, from, r.Gateway)
+	case r.RequestID == "":
+		return nil, fmt.Errorf("%w: no request id", ErrReceiptRejected)
+	}
+	if err := s.checkGrant(r); err != nil {
+		return nil, err
+	}
+	if err := r.Verify(); err != nil {
+		return nil, err
+	}
+	price := s.cfg.Prices.For(r.Model)
+	if r.Price != price {
+		return nil, fmt.Errorf("%w: price %+v is not the table's %+v for %s", ErrReceiptRejected, r.Price, price, r.Model)
+	}
+	cost := economy.Cost(price, r.PromptTokens, r.CompletionTokens)
+	if r.CostUcr != cost {
+		return nil, fmt.Errorf("%w: cost %d, the table says %d", ErrReceiptRejected, r.CostUcr, cost)
+	}
+	if _, err := s.led.Account(r.Consumer); err != nil {
+		return nil, fmt.Errorf("%w: consumer: %v", ErrReceiptRejected, err)
+	}
+	c := &checked{r: r, payload: r.SigningBytes(), cost: cost, done: make(chan Outcome, 1)}
+	if r.Hold != "" {
+		c.holdID = ledgerHoldID(from, r.Hold)
+		h, ok := s.led.HoldInfo(c.holdID)
+		if !ok || h.Account != r.Consumer {
+			return nil, fmt.Errorf("%w: hold %s is not this gateway's hold on %s", ErrReceiptRejected, r.Hold, r.Consumer)
+		}
+	}
+	var ok bool
+	if c.provider, ok = s.led.NodeAccount(r.Node); !ok {
+		c.provider = ledger.NodeAccountPrefix + r.Node
+	}
+	return c, nil
+}
+
+// run commits receipts until ctx ends.
+func (in *intake) run(ctx context.Context) {
+	batch := make([]*checked, 0, maxCommitBatch)
+	for {
+		batch = batch[:0]
+		select {
+		case <-ctx.Done():
+			return
+		case c := <-in.ch:
+			batch = append(batch, c)
+		}
+	drain:
+		for len(batch) < maxCommitBatch {
+			select {
+			case c := <-in.ch:
+				batch = append(batch, c)
+			default:
+				break drain
+			}
+		}
+		in.commit(batch)
+	}
+}
+
+// commit applies a batch: one posting per receipt, one synced write.
+func (in *intake) commit(batch []*checked) {
+	s := in.s
+	now := time.Now()
+	pool := s.poolBalance()
+	postings := make([]ledger.Posting, len(batch))
+	legs := make([]economy.Legs, len(batch))
+	for i, c := range batch {
+		legs[i] = s.legs(c, c.cost, pool, now)
+		pool += legs[i].PlatformToPool - legs[i].PoolToProvider
+		postings[i] = s.posting(c, legs[i])
+	}
+	results, err := s.led.PostBatch(postings)
+	if err != nil {
+		for _, c := range batch {
+			c.done <- Outcome{Err: err}
+		}
+		return
+	}
+	for i, c := range batch {
+		res := results[i]
+		if errors.Is(res.Err, ledger.ErrInsufficientFunds) {
+			// The consumer (or, rarely, the bounty pool) could not cover it:
+			// charge what is there, on its own.
+			res.Applied, res.Err = in.capped(c, now)
+		}
+		if res.Err == nil && res.Applied {
+			s.metrics.settledUcr.Add(float64(legs[i].Consumer))
+			s.rep.Record(c.r.Node, c.r.Model, nodecore.EventSuccess, 1, now)
+		}
+		c.done <- Outcome{Applied: res.Applied, Err: res.Err}
+	}
+}
+
+// capped settles a receipt its consumer cannot fully cover: what is
+// available (and left on its hold) is charged, never more. A balance never
+// goes below zero.
+func (in *intake) capped(c *checked, now time.Time) (bool, error) {
+	s := in.s
+	for range 3 {
+		a, err := s.led.Account(c.r.Consumer)
+		if err != nil {
+			return false, err
+		}
+		avail := a.Available()
+		if c.holdID != "" {
+			if h, ok := s.led.HoldInfo(c.holdID); ok && !h.Closed {
+				avail += h.Remaining
+			}
+		}
+		charged := min(c.cost, max(avail, 0))
+		s.log.Warn("consumer could not cover a call; charging what is left", "request", c.r.RequestID, "cost", c.cost, "charged", charged)
+		l := s.legs(c, charged, s.poolBalance(), now)
+		res, err := s.led.PostBatch([]ledger.Posting{s.posting(c, l)})
+		if err != nil {
+			return false, err
+		}
+		if !errors.Is(res[0].Err, ledger.ErrInsufficientFunds) {
+			return res[0].Applied, res[0].Err
+		}
+	}
+	return false, fmt.Errorf("settlement: could not settle %s against a moving balance; retry", c.r.RequestID)
+}
+
+// legs prices one call: the provider's share with its anti-flapping cut
+// and its bounty, the platform's share, the pool's funding.
+func (s *Settlement) legs(c *checked, cost, pool int64, now time.Time) economy.Legs {
+	st := s.rep.Standing(c.r.Node, c.r.Model, now)
+	mods := economy.NoModifiers()
+	if st.Known {
+		mods.Flap = s.cfg.Flap.FlapFactor(st.SwitchedAt, now)
+		tier := s.cfg.Trust.Tier(st.Age, st.Score)
+		mods.Bounty = economy.Multiplier(s.underSupply(c.r.Model), tier, s.cfg.Trust)
+	}
+	return economy.ComputeLegs(cost, s.cfg.Terms, mods, pool)
+}
+
+// posting turns legs into transfers whose ids derive from the request id.
+func (s *Settlement) posting(c *checked, l economy.Legs) ledger.Posting {
+	r := c.r
+	p := ledger.Posting{Key: "call/" + r.RequestID, Payload: c.payload, Consumer: r.Consumer, Hold: c.holdID}
+	add := func(from, to string, amount int64, leg string) {
+		if amount > 0 && from != to {
+			p.Transfers = append(p.Transfers, ledger.Transfer{From: from, To: to, Amount: amount, Kind: ledger.KindCall, Leg: leg})
+		}
+	}
+	add(r.Consumer, c.provider, l.ToProvider, "provider") // an operator using its own node pays only the platform
+	add(r.Consumer, ledger.AccountPlatform, l.ToPlatform, "platform")
+	if l.PlatformToPool > 0 {
+		p.Transfers = append(p.Transfers, ledger.Transfer{From: ledger.AccountPlatform, To: ledger.AccountBountyPool, Amount: l.PlatformToPool, Kind: "pool", Leg: "pool"})
+	}
+	if l.PoolToProvider > 0 {
+		p.Transfers = append(p.Transfers, ledger.Transfer{From: ledger.AccountBountyPool, To: c.provider, Amount: l.PoolToProvider, Kind: ledger.KindBounty, Leg: "bounty"})
+	}
+	return p
+}
+
+func (s *Settlement) poolBalance() int64 {
+	a, err := s.led.Account(ledger.AccountBountyPool)
+	if err != nil {
+		return 0
+	}
+	return a.Balance
+}

@@ -1,0 +1,314 @@
+package ledger
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Records are stored in a compact binary form: a version byte (recordV1)
+// followed by fields in a fixed order. Integers are varints, strings are a
+// uvarint length and the bytes. Account and transfer records written by
+// earlier versions as JSON (first byte '{') are still read.
+const recordV1 = 1
+
+// Hold event kinds, as stored in e/<seq> records and hashed into the chain.
+const (
+	evCreate byte = 1 // a hold reserved Delta µcr
+	evExtend byte = 2 // a hold reserved Delta more µcr (or only moved its expiry)
+	evDraw   byte = 3 // a posting drew -Delta µcr from the hold
+	evVoid   byte = 4 // VoidHold released the remaining -Delta µcr
+	evExpire byte = 5 // ExpireHolds released the remaining -Delta µcr
+)
+
+// holdEvent is one change to a hold, stored under e/<seq>.
+type holdEvent struct {
+	Seq     uint64
+	Time    int64 // unix ns
+	Kind    byte
+	Hold    string
+	Account string
+	Holder  string // set on evCreate only
+	Delta   int64  // change of Remaining
+	Closed  bool   // the hold is closed after this event
+	Expires int64  // unix ns, the hold's expiry after this event
+}
+
+// holdRec is a hold as stored under h/<id>: its state and the sequence
+// number of its latest event (readers ignore records whose latest event is
+// not yet durable).
+type holdRec struct {
+	HoldState
+	lastEvent uint64
+}
+
+var errTruncated = errors.New("truncated record")
+
+// decoder reads the binary record format; the first error sticks.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(err error) {
+	if d.err == nil {
+		d.err = err
+	}
+	d.b = nil
+}
+
+func (d *decoder) uvarint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail(errTruncated)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.fail(errTruncated)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) byte() byte {
+	if len(d.b) < 1 {
+		d.fail(errTruncated)
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
+	return v
+}
+
+func (d *decoder) bytes(n int) []byte {
+	if n < 0 || len(d.b) < n {
+		d.fail(errTruncated)
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) str() string { return string(d.bytes(int(min(d.uvarint(), 1<<30)))) }
+
+func (d *decoder) u64() uint64 {
+	if b := d.bytes(8); b != nil {
+		return binary.BigEndian.Uint64(b)
+	}
+	return 0
+}
+
+func (d *decoder) sum() (s [32]byte) {
+	copy(s[:], d.bytes(32))
+	return s
+}
+
+func (d *decoder) version() {
+	if v := d.byte(); v != recordV1 && d.err == nil {
+		d.fail(fmt.Errorf("unknown record version %d", v))
+	}
+}
+
+// finish reports a decoding error or trailing bytes.
+func (d *decoder) finish() error {
+	if d.err == nil && len(d.b) != 0 {
+		d.err = fmt.Errorf("%d trailing bytes", len(d.b))
+	}
+	return d.err
+}
+
+func appendStr(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func appendBool(b []byte, v bool) []byte {
+	if v {
+		return append(b, 1)
+	}
+	return append(b, 0)
+}
+
+// unixNano encodes t; the zero time is 0.
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// fromUnixNano decodes what unixNano encoded, in UTC.
+func fromUnixNano(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns).UTC()
+}
+
+// appendAccount encodes an account state record (a/<id>).
+func appendAccount(b []byte, st *AccountState) []byte {
+	b = append(b, recordV1)
+	b = appendStr(b, st.ID)
+	b = binary.AppendVarint(b, st.Balance)
+	b = binary.AppendVarint(b, st.Held)
+	b = binary.AppendVarint(b, st.Earned)
+	b = binary.AppendVarint(b, st.Spent)
+	b = binary.AppendVarint(b, st.Calls)
+	b = binary.AppendVarint(b, st.StartingCredit)
+	return binary.AppendVarint(b, unixNano(st.Created))
+}
+
+func decodeAccount(v []byte) (AccountState, error) {
+	var st AccountState
+	if len(v) > 0 && v[0] == '{' {
+		err := json.Unmarshal(v, &st)
+		return st, err
+	}
+	d := decoder{b: v}
+	d.version()
+	st.ID = d.str()
+	st.Balance = d.varint()
+	st.Held = d.varint()
+	st.Earned = d.varint()
+	st.Spent = d.varint()
+	st.Calls = d.varint()
+	st.StartingCredit = d.varint()
+	st.Created = fromUnixNano(d.varint())
+	return st, d.finish()
+}
+
+// appendTx encodes a transfer record (t/<seq>). The transfer's ID is key +
+// "/" + leg.
+func appendTx(b []byte, seq uint64, now int64, key, leg string, t *Transfer) []byte {
+	b = append(b, recordV1)
+	b = binary.AppendUvarint(b, seq)
+	b = binary.AppendVarint(b, now)
+	b = appendStr(b, key)
+	b = appendStr(b, leg)
+	b = appendStr(b, t.From)
+	b = appendStr(b, t.To)
+	b = binary.AppendVarint(b, t.Amount)
+	return appendStr(b, t.Kind)
+}
+
+// decodeTx decodes a transfer record, returning it and its leg.
+func decodeTx(v []byte) (TxRecord, string, error) {
+	var r TxRecord
+	if len(v) > 0 && v[0] == '{' {
+		err := json.Unmarshal(v, &r)
+		return r, "", err
+	}
+	d := decoder{b: v}
+	d.version()
+	r.Seq = d.uvarint()
+	r.Time = fromUnixNano(d.varint())
+	r.Key = d.str()
+	leg := d.str()
+	r.ID = r.Key + "/" + leg
+	r.From = d.str()
+	r.To = d.str()
+	r.Amount = d.varint()
+	r.Kind = d.str()
+	return r, leg, d.finish()
+}
+
+// appendHold encodes a hold record (h/<id>); the id is in the key.
+func appendHold(b []byte, h *holdRec) []byte {
+	b = append(b, recordV1)
+	b = appendStr(b, h.Account)
+	b = appendStr(b, h.Holder)
+	b = binary.AppendVarint(b, h.Amount)
+	b = binary.AppendVarint(b, h.Remaining)
+	b = binary.AppendVarint(b, unixNano(h.Expires))
+	b = appendBool(b, h.Closed)
+	return binary.AppendUvarint(b, h.lastEvent)
+}
+
+func decodeHold(id string, v []byte) (holdRec, error) {
+	h := holdRec{HoldState: HoldState{ID: id}}
+	d := decoder{b: v}
+	d.version()
+	h.Account = d.str()
+	h.Holder = d.str()
+	h.Amount = d.varint()
+	h.Remaining = d.varint()
+	h.Expires = fromUnixNano(d.varint())
+	h.Closed = d.byte() != 0
+	h.lastEvent = d.uvarint()
+	return h, d.finish()
+}
+
+// appendEvent encodes a hold event record (e/<seq>).
+func appendEvent(b []byte, e *holdEvent) []byte {
+	b = append(b, recordV1)
+	b = binary.AppendUvarint(b, e.Seq)
+	b = binary.AppendVarint(b, e.Time)
+	b = append(b, e.Kind)
+	b = appendStr(b, e.Hold)
+	b = appendStr(b, e.Account)
+	b = appendStr(b, e.Holder)
+	b = binary.AppendVarint(b, e.Delta)
+	b = appendBool(b, e.Closed)
+	return binary.AppendVarint(b, e.Expires)
+}
+
+func decodeEvent(v []byte) (holdEvent, error) {
+	var e holdEvent
+	d := decoder{b: v}
+	d.version()
+	e.Seq = d.uvarint()
+	e.Time = d.varint()
+	e.Kind = d.byte()
+	e.Hold = d.str()
+	e.Account = d.str()
+	e.Holder = d.str()
+	e.Delta = d.varint()
+	e.Closed = d.byte() != 0
+	e.Expires = d.varint()
+	return e, d.finish()
+}
+
+// appendLink encodes a chain link (c/<seq>).
+func appendLink(b []byte, c *ChainLink) []byte {
+	b = append(b, recordV1)
+	b = binary.BigEndian.AppendUint64(b, c.Seq)
+	b = append(b, c.Prev[:]...)
+	b = append(b, c.Hash[:]...)
+	b = append(b, c.Digest[:]...)
+	b = binary.BigEndian.AppendUint64(b, c.FirstTx)
+	b = binary.BigEndian.AppendUint64(b, c.LastTx)
+	b = binary.BigEndian.AppendUint64(b, c.FirstEvent)
+	b = binary.BigEndian.AppendUint64(b, c.LastEvent)
+	b = binary.BigEndian.AppendUint64(b, uint64(c.Time))
+	b = binary.AppendUvarint(b, uint64(len(c.Sig)))
+	return append(b, c.Sig...)
+}
+
+func decodeLink(v []byte) (ChainLink, error) {
+	var c ChainLink
+	d := decoder{b: v}
+	d.version()
+	c.Seq = d.u64()
+	c.Prev = d.sum()
+	c.Hash = d.sum()
+	c.Digest = d.sum()
+	c.FirstTx = d.u64()
+	c.LastTx = d.u64()
+	c.FirstEvent = d.u64()
+	c.LastEvent = d.u64()
+	c.Time = int64(d.u64())
+	if sig := d.bytes(int(min(d.uvarint(), 1<<20))); len(sig) > 0 {
+		c.Sig = append([]byte(nil), sig...)
+	}
+	return c, d.finish()
+}
