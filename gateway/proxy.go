@@ -130,9 +130,18 @@ type forwardCall struct {
 	wantUsage bool
 
 	// What the current attempt tells the routing table.
+	lease   *Lease
 	outcome route.Outcome
 	tokens  int64         // content chunks relayed on a stream
 	span    time.Duration // from the first to the last of them
+}
+
+// nodeDone frees the routing slot as soon as the node's part is over (the
+// receipt's journaling must not make the node look busy).
+func (c *forwardCall) nodeDone() {
+	if c.lease != nil {
+		c.lease.Done(c.outcome, c.tokens, c.span)
+	}
 }
 
 // attemptError says why an attempt on one instance failed before the first
@@ -156,7 +165,7 @@ func (c *forwardCall) run() int {
 			break
 		}
 		tried = append(tried, node)
-		c.outcome, c.tokens, c.span = route.Success, 0, 0
+		c.outcome, c.tokens, c.span, c.lease = route.Success, 0, 0, lease
 		status, aerr := c.attempt(node)
 		if aerr != nil {
 			c.outcome = route.Failure
@@ -167,7 +176,7 @@ func (c *forwardCall) run() int {
 		if c.r.Context().Err() != nil && c.outcome == route.Failure {
 			c.outcome = route.Neutral // the client left: says nothing of the node
 		}
-		lease.Done(c.outcome, c.tokens, c.span)
+		c.nodeDone()
 		g.outcomes.add(node, c.meta.Model, c.outcome)
 		if aerr == nil {
 			return status

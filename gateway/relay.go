@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -82,9 +83,12 @@ func (rl *relay) whole() (int, *attemptError) {
 	h := c.w.Header()
 	h.Set(HeaderNode, rl.node.String())
 	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(out)))
 	rl.writeDeadline()
 	c.w.WriteHeader(http.StatusOK)
 	c.w.Write(out)
+	http.NewResponseController(c.w).Flush() // the client has its answer before the receipt is journaled
+	c.nodeDone()
 	c.bill(rl, t, prompt, completion, price, cost)
 	return http.StatusOK, nil
 }
@@ -223,6 +227,7 @@ func (rl *relay) stream() (int, *attemptError) {
 		}
 		rl.event([]byte("[DONE]"))
 	}
+	c.nodeDone()
 	c.bill(rl, trailer, prompt, completion, price, cost)
 	return http.StatusOK, nil
 }

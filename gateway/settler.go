@@ -105,9 +105,14 @@ func (s *settler) run(ctx context.Context) {
 
 // deliver sends one batch and returns the receipts to retry.
 func (s *settler) deliver(ctx context.Context, batch []*p2p.Receipt) []*p2p.Receipt {
+	rb, err := s.sign(ctx, batch)
+	if err != nil {
+		s.log.Error("cannot sign a receipt batch", "err", err)
+		return batch
+	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := s.h.CallSettle(cctx, s.platform, &p2p.SettleRequest{Op: p2p.OpReceipts, Receipts: batch})
+	resp, err := s.h.CallSettle(cctx, s.platform, &p2p.SettleRequest{Op: p2p.OpReceipts, Batch: rb})
 	if err != nil || len(resp.Results) != len(batch) {
 		s.metrics.receipts.WithLabelValues("retry").Add(float64(len(batch)))
 		s.log.Warn("receipts not delivered; will retry", "receipts", len(batch), "err", err)
@@ -139,6 +144,53 @@ func (s *settler) deliver(ctx context.Context, batch []*p2p.Receipt) []*p2p.Rece
 		}
 	}
 	return retry
+}
+
+// sign puts receipts under batch signatures: each serving node signs its
+// claims in one ClaimBatch, and the gateway signs the whole. A node that
+// cannot be reached (or has forgotten the claims) leaves its receipts on
+// their own node signatures, which settlement then checks one by one.
+func (s *settler) sign(ctx context.Context, batch []*p2p.Receipt) (*p2p.ReceiptBatch, error) {
+	rb := &p2p.ReceiptBatch{Gateway: s.h.ID().String(), Receipts: batch, Refs: make([]int, len(batch))}
+	byNode := map[string][]int{}
+	for i, r := range batch {
+		rb.Refs[i] = -1
+		byNode[r.Node] = append(byNode[r.Node], i)
+	}
+	var (
+		mu sync.Mutex
+		wg sync.WaitGroup
+	)
+	sem := make(chan struct{}, 8)
+	for node, idx := range byNode {
+		id, err := peer.Decode(node)
+		if err != nil {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			hashes := make([][32]byte, len(idx))
+			for j, i := range idx {
+				hashes[j] = batch[i].Claim.Hash()
+			}
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			cb, err := s.h.RequestClaimBatch(cctx, id, hashes)
+			cancel()
+			if err != nil {
+				s.log.Debug("node did not sign a claim batch; receipts keep their own signatures", "node", node, "err", err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			rb.Claims = append(rb.Claims, cb)
+			for _, i := range idx {
+				rb.Refs[i] = len(rb.Claims) - 1
+			}
+		})
+	}
+	wg.Wait()
+	return rb, rb.Sign(s.h.Key)
 }
 
 // flush waits up to d for every queued receipt to be resolved.

@@ -40,7 +40,8 @@ type SettleRequest struct {
 	Op       string            `json:"op"`
 	APIKey   string            `json:"api_key,omitempty"`
 	Receipt  *Receipt          `json:"receipt,omitempty"`
-	Receipts []*Receipt        `json:"receipts,omitempty"`
+	Receipts []*Receipt        `json:"receipts,omitempty"` // each with its own signatures
+	Batch    *ReceiptBatch     `json:"batch,omitempty"`    // receipts under batch signatures
 	Register *NodeRegistration `json:"register,omitempty"`
 	Reports  []OutcomeReport   `json:"reports,omitempty"`
 	Hold     *HoldRequest      `json:"hold,omitempty"`

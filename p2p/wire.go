@@ -122,9 +122,11 @@ var (
 
 // SigningBytes is the exact byte string a gateway signs: the receipt without
 // its own signature. It is also the receipt's idempotency payload.
+// The node's signature is not part of it: it is checked against the claim,
+// per receipt or through a ClaimBatch, and either way the payload is the same.
 func (r *Receipt) SigningBytes() []byte {
 	c := *r
-	c.GatewaySig = nil
+	c.GatewaySig, c.NodeSig = nil, nil
 	b, _ := json.Marshal(&c)
 	return append([]byte(receiptDomain), b...)
 }
@@ -140,8 +142,20 @@ func (r *Receipt) Sign(key crypto.PrivKey) error {
 }
 
 // Verify checks both signatures and that the receipt agrees with the node's
-// claim: same call, same input tokens, billed output not above the claim.
+// claim (see CheckClaim).
 func (r *Receipt) Verify() error {
+	if err := r.CheckClaim(); err != nil {
+		return err
+	}
+	if err := r.VerifyNode(); err != nil {
+		return err
+	}
+	return r.VerifyGateway()
+}
+
+// CheckClaim checks the receipt agrees with the node's claim: same call,
+// billed tokens not above what the node claimed.
+func (r *Receipt) CheckClaim() error {
 	c := r.Claim
 	if c.RequestID != r.RequestID || c.Model != r.Model || c.Node != r.Node || c.Gateway != r.Gateway {
 		return fmt.Errorf("%w: claim is for another call", ErrBadReceipt)
@@ -152,9 +166,19 @@ func (r *Receipt) Verify() error {
 	if r.PromptTokens > c.PromptTokens || r.CompletionTokens > c.CompletionTokens {
 		return fmt.Errorf("%w: billed tokens exceed the node's claim", ErrBadReceipt)
 	}
-	if err := verifyBy(r.Node, c.SigningBytes(), r.NodeSig); err != nil {
+	return nil
+}
+
+// VerifyNode checks the node's own signature on the claim.
+func (r *Receipt) VerifyNode() error {
+	if err := verifyBy(r.Node, r.Claim.SigningBytes(), r.NodeSig); err != nil {
 		return fmt.Errorf("node signature: %w", err)
 	}
+	return nil
+}
+
+// VerifyGateway checks the gateway's signature on the receipt.
+func (r *Receipt) VerifyGateway() error {
 	if err := verifyBy(r.Gateway, r.SigningBytes(), r.GatewaySig); err != nil {
 		return fmt.Errorf("gateway signature: %w", err)
 	}

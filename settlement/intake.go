@@ -48,19 +48,63 @@ type intake struct {
 	ch chan *checked
 }
 
-// ApplyReceipts checks and commits receipts sent by gateway from, one
-// outcome per receipt, in order.
+// ApplyReceipts checks and commits receipts sent by gateway from, each
+// carrying its own node and gateway signatures; one outcome per receipt, in
+// order.
 func (s *Settlement) ApplyReceipts(from peer.ID, rs []*p2p.Receipt) []Outcome {
+	return s.apply(from, rs, func(int, *p2p.Receipt) signed { return signed{} })
+}
+
+// ApplyReceiptBatch checks and commits a batch under batch signatures: the
+// gateway's over the whole batch, each node's over its claims (receipts no
+// claim batch covers fall back to their own node signature).
+func (s *Settlement) ApplyReceiptBatch(from peer.ID, b *p2p.ReceiptBatch) []Outcome {
+	fail := func(err error) []Outcome {
+		out := make([]Outcome, len(b.Receipts))
+		for i := range out {
+			out[i] = Outcome{Err: err}
+		}
+		return out
+	}
+	if b.Gateway != from.String() {
+		return fail(fmt.Errorf("%w: a batch signed for gateway %s sent by %s", ErrReceiptRejected, b.Gateway, from))
+	}
+	if err := b.VerifyGateway(); err != nil {
+		return fail(err)
+	}
+	sets := make([]map[[32]byte]struct{}, len(b.Claims))
+	for i, c := range b.Claims {
+		if c.Gateway == b.Gateway && c.Verify() == nil {
+			sets[i] = c.Set()
+		}
+	}
+	return s.apply(from, b.Receipts, func(i int, r *p2p.Receipt) signed {
+		sg := signed{gateway: true}
+		if ref := b.Refs[i]; ref >= 0 && sets[ref] != nil && b.Claims[ref].Node == r.Node {
+			_, sg.node = sets[ref][r.Claim.Hash()]
+		}
+		return sg
+	})
+}
+
+// signed says which of a receipt's signatures a batch already proved.
+type signed struct{ gateway, node bool }
+
+func (s *Settlement) apply(from peer.ID, rs []*p2p.Receipt, proven func(int, *p2p.Receipt) signed) []Outcome {
 	out := make([]Outcome, len(rs))
 	pending := make([]*checked, len(rs))
-	// Check in parallel: signature verification dominates.
+	// Check in parallel: what signature checking is left dominates.
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
 	for i, r := range rs {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			c, err := s.check(from, r)
+			var sg signed
+			if r != nil {
+				sg = proven(i, r)
+			}
+			c, err := s.check(from, r, sg)
 			if err != nil {
 				out[i] = Outcome{Err: err}
 				return
@@ -114,8 +158,9 @@ func (s *Settlement) countOutcome(from peer.ID, r *p2p.Receipt, o Outcome) {
 	}
 }
 
-// check validates one receipt from gateway from.
-func (s *Settlement) check(from peer.ID, r *p2p.Receipt) (*checked, error) {
+// check validates one receipt from gateway from; sg says which signatures
+// a batch signature already proved.
+func (s *Settlement) check(from peer.ID, r *p2p.Receipt, sg signed) (*checked, error) {
 	switch {
 	case r == nil:
 		return nil, fmt.Errorf("%w: receipt missing", ErrReceiptRejected)
@@ -127,8 +172,18 @@ func (s *Settlement) check(from peer.ID, r *p2p.Receipt) (*checked, error) {
 	if err := s.checkGrant(r); err != nil {
 		return nil, err
 	}
-	if err := r.Verify(); err != nil {
+	if err := r.CheckClaim(); err != nil {
 		return nil, err
+	}
+	if !sg.node {
+		if err := r.VerifyNode(); err != nil {
+			return nil, err
+		}
+	}
+	if !sg.gateway {
+		if err := r.VerifyGateway(); err != nil {
+			return nil, err
+		}
 	}
 	price := s.cfg.Prices.For(r.Model)
 	if r.Price != price {

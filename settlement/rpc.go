@@ -52,11 +52,17 @@ func (s *Settlement) handle(_ context.Context, remote peer.ID, req *p2p.SettleRe
 		}
 		return &p2p.SettleResponse{Health: all}
 	case p2p.OpReceipts:
-		if len(req.Receipts) > MaxReceiptsPerBatch {
+		var outcomes []Outcome
+		switch {
+		case req.Batch != nil && len(req.Batch.Receipts) <= MaxReceiptsPerBatch:
+			outcomes = s.ApplyReceiptBatch(remote, req.Batch)
+		case req.Batch == nil && len(req.Receipts) <= MaxReceiptsPerBatch:
+			outcomes = s.ApplyReceipts(remote, req.Receipts)
+		default:
 			return rpcErr(p2p.CodeInvalid, fmt.Sprintf("at most %d receipts a batch", MaxReceiptsPerBatch))
 		}
-		results := make([]p2p.ReceiptResult, len(req.Receipts))
-		for i, out := range s.ApplyReceipts(remote, req.Receipts) {
+		results := make([]p2p.ReceiptResult, len(outcomes))
+		for i, out := range outcomes {
 			results[i].Applied = out.Applied
 			if out.Err != nil {
 				results[i].Error = receiptError(out.Err).Error

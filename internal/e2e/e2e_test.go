@@ -198,7 +198,9 @@ func TestPaidCallsSettleEndToEnd(t *testing.T) {
 	if err := stream.Err(); err != nil {
 		var apiErr *openai.Error
 		if errors.As(err, &apiErr) {
-			t.Fatalf("stream: %v: %s", err, apiErr.RawJSON())
+			resp, _ := http.Get(m.GatewayURL + "/debug/instances")
+			dbg, _ := io.ReadAll(resp.Body)
+			t.Fatalf("stream: %v: %s\n%s", err, apiErr.RawJSON(), dbg)
 		}
 		t.Fatalf("stream: %v", err)
 	}

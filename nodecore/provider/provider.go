@@ -84,6 +84,7 @@ type Node struct {
 	changed  chan struct{}
 	seq      uint64
 	account  string
+	claims   *claimMemory
 }
 
 // New checks cfg and returns a node ready to Run.
@@ -104,7 +105,8 @@ func New(cfg Config) (*Node, error) {
 		serves:  map[string]bool{},
 		byPeer:  map[string]int{},
 		changed: make(chan struct{}, 1),
-		seq:     uint64(time.Now().UnixNano()), // grows across restarts, so validators accept a restarted node
+		seq:     uint64(time.Now().UnixNano()),        // grows across restarts, so validators accept a restarted node
+		claims:  newClaimMemory(time.Hour, 1_000_000), // gateways ask for batch signatures within seconds
 	}, nil
 }
 
@@ -125,6 +127,8 @@ func (n *Node) Run(ctx context.Context, ready func()) error {
 	n.topic = topic
 	n.cfg.Host.SetStreamHandler(p2p.ProtoInfer, n.serveInfer(ctx))
 	defer n.cfg.Host.RemoveStreamHandler(p2p.ProtoInfer)
+	p2p.ServeClaims(n.cfg.Host, n.claims.known)
+	defer n.cfg.Host.RemoveStreamHandler(p2p.ProtoClaims)
 	n.log.Info("node serving", "peer", n.cfg.Host.ID().String(), "models", n.models, "capacity", n.cfg.Capacity)
 	if ready != nil {
 		ready()

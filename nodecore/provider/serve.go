@@ -265,6 +265,7 @@ func (c *call) trailer(claim p2p.NodeClaim) error {
 	if err != nil {
 		return err
 	}
+	c.n.claims.add(claim.Gateway, claim.Hash(), time.Now())
 	t, _ := json.Marshal(p2p.Trailer{Claim: claim, Sig: sig})
 	if err := c.write(p2p.FrameTrailer, t); err != nil {
 		return err
