@@ -2,8 +2,8 @@ package p2p
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -58,10 +58,33 @@ const (
 	grantDomain    = "tokenrouter/grant/1\n"
 )
 
-// SigningBytes is the exact byte string a node signs for this claim.
+// SigningBytes is the exact byte string a node signs for this claim: a
+// compact length-prefixed encoding of every field (cheap to build: every
+// receipt's is hashed at intake).
 func (c NodeClaim) SigningBytes() []byte {
-	b, _ := json.Marshal(c) // struct of strings and ints: cannot fail
-	return append([]byte(claimDomain), b...)
+	return c.appendSigning(append(make([]byte, 0, 256), claimDomain...))
+}
+
+func (c NodeClaim) appendSigning(b []byte) []byte {
+	b = appendStr(b, c.RequestID)
+	b = appendStr(b, c.Model)
+	b = appendStr(b, c.Node)
+	b = appendStr(b, c.Gateway)
+	b = binary.AppendVarint(b, c.PromptTokens)
+	b = binary.AppendVarint(b, c.CompletionTokens)
+	return append(b, boolByte(c.Estimated), boolByte(c.Incomplete))
+}
+
+func appendStr(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func boolByte(v bool) byte {
+	if v {
+		return 1
+	}
+	return 0
 }
 
 // Receipt is the record of one paid call that a gateway sends to settlement.
@@ -120,15 +143,35 @@ var (
 	ErrBadReceipt   = errors.New("p2p: inconsistent receipt")
 )
 
-// SigningBytes is the exact byte string a gateway signs: the receipt without
-// its own signature. It is also the receipt's idempotency payload.
-// The node's signature is not part of it: it is checked against the claim,
-// per receipt or through a ClaimBatch, and either way the payload is the same.
+// SigningBytes is the exact byte string a gateway signs: every field of
+// the receipt but the signatures, compactly encoded. It is also the
+// receipt's idempotency payload. The node's signature is not part of it: it
+// is checked against the claim, per receipt or through a ClaimBatch, and
+// either way the payload is the same.
 func (r *Receipt) SigningBytes() []byte {
-	c := *r
-	c.GatewaySig, c.NodeSig = nil, nil
-	b, _ := json.Marshal(&c)
-	return append([]byte(receiptDomain), b...)
+	b := append(make([]byte, 0, 512), receiptDomain...)
+	b = appendStr(b, r.RequestID)
+	b = appendStr(b, r.Model)
+	b = appendStr(b, r.Consumer)
+	b = appendStr(b, r.Node)
+	b = appendStr(b, r.Gateway)
+	b = binary.AppendVarint(b, r.PromptTokens)
+	b = binary.AppendVarint(b, r.CompletionTokens)
+	b = binary.AppendVarint(b, r.Price.InputPer1M)
+	b = binary.AppendVarint(b, r.Price.OutputPer1M)
+	b = binary.AppendVarint(b, r.CostUcr)
+	b = binary.AppendVarint(b, r.TimeMs)
+	b = r.Claim.appendSigning(b)
+	if g := r.Grant; g != nil {
+		b = append(b, 1)
+		b = appendStr(b, g.Account)
+		b = appendStr(b, g.Gateway)
+		b = binary.AppendVarint(b, g.ExpiresMs)
+		b = appendStr(b, string(g.Sig))
+	} else {
+		b = append(b, 0)
+	}
+	return appendStr(b, r.Hold)
 }
 
 // Sign sets GatewaySig with the gateway's key.

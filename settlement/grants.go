@@ -1,6 +1,7 @@
 package settlement
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"strings"
 	"sync"
@@ -41,10 +42,40 @@ func (s *Settlement) checkGrant(r *p2p.Receipt) error {
 	case r.TimeMs > r.Grant.ExpiresMs:
 		return fmt.Errorf("%w: the call came after its grant expired", ErrReceiptRejected)
 	}
+	if s.grantSeen(r.Grant) {
+		return nil
+	}
 	if err := r.Grant.Verify(s.cfg.Host.Key.GetPublic()); err != nil {
 		return fmt.Errorf("%w: %v", ErrReceiptRejected, err)
 	}
+	s.grantOK(r.Grant)
 	return nil
+}
+
+// maxVerifiedGrants bounds the cache of grant signatures already checked.
+const maxVerifiedGrants = 100_000
+
+// grantSeen reports whether this exact grant (signature included) was
+// verified before: a gateway sends the same grant with every receipt of
+// an account, and one Ed25519 verification per receipt would dominate intake.
+func (s *Settlement) grantSeen(g *p2p.Grant) bool {
+	s.grantMu.Lock()
+	defer s.grantMu.Unlock()
+	_, ok := s.grantsOK[grantKey(g)]
+	return ok
+}
+
+func (s *Settlement) grantOK(g *p2p.Grant) {
+	s.grantMu.Lock()
+	defer s.grantMu.Unlock()
+	if s.grantsOK == nil || len(s.grantsOK) >= maxVerifiedGrants {
+		s.grantsOK = map[[32]byte]struct{}{}
+	}
+	s.grantsOK[grantKey(g)] = struct{}{}
+}
+
+func grantKey(g *p2p.Grant) [32]byte {
+	return sha256.Sum256(fmt.Appendf(nil, "%s\n%s\n%d\n%x", g.Account, g.Gateway, g.ExpiresMs, g.Sig))
 }
 
 func isSystemAccount(id string) bool {

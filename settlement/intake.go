@@ -91,6 +91,7 @@ func (s *Settlement) ApplyReceiptBatch(from peer.ID, b *p2p.ReceiptBatch) []Outc
 type signed struct{ gateway, node bool }
 
 func (s *Settlement) apply(from peer.ID, rs []*p2p.Receipt, proven func(int, *p2p.Receipt) signed) []Outcome {
+	fromID := from.String() // base58: once a batch, not once a receipt
 	out := make([]Outcome, len(rs))
 	pending := make([]*checked, len(rs))
 	// Check in parallel: what signature checking is left dominates.
@@ -104,7 +105,7 @@ func (s *Settlement) apply(from peer.ID, rs []*p2p.Receipt, proven func(int, *p2
 			if r != nil {
 				sg = proven(i, r)
 			}
-			c, err := s.check(from, r, sg)
+			c, err := s.check(from, fromID, r, sg)
 			if err != nil {
 				out[i] = Outcome{Err: err}
 				return
@@ -160,11 +161,11 @@ func (s *Settlement) countOutcome(from peer.ID, r *p2p.Receipt, o Outcome) {
 
 // check validates one receipt from gateway from; sg says which signatures
 // a batch signature already proved.
-func (s *Settlement) check(from peer.ID, r *p2p.Receipt, sg signed) (*checked, error) {
+func (s *Settlement) check(from peer.ID, fromID string, r *p2p.Receipt, sg signed) (*checked, error) {
 	switch {
 	case r == nil:
 		return nil, fmt.Errorf("%w: receipt missing", ErrReceiptRejected)
-	case r.Gateway != from.String():
+	case r.Gateway != fromID:
 		return nil, fmt.Errorf("%w: sent by %s but signed for gateway %s", ErrReceiptRejected, from, r.Gateway)
 	case r.RequestID == "":
 		return nil, fmt.Errorf("%w: no request id", ErrReceiptRejected)

@@ -89,6 +89,8 @@ type Settlement struct {
 	demand   demand
 	bmu      sync.RWMutex
 	bounties *bountyState
+	grantMu  sync.Mutex
+	grantsOK map[[32]byte]struct{}
 	reg      *prometheus.Registry
 	metrics  metrics
 }

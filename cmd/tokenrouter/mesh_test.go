@@ -31,6 +31,8 @@ type procMesh struct {
 	nodes       []*proc
 	nodeIDs     []string
 	settle      *proc
+	gw          *proc
+	gwArgs      []string
 }
 
 // settleProc is the running settlement peer.
@@ -84,8 +86,10 @@ func startProcMesh(t *testing.T, spec meshSpec) *procMesh {
 		waitFile(t, n, filepath.Join(m.dir(name), "ready"))
 		m.nodeIDs = append(m.nodeIDs, waitFile(t, n, filepath.Join(m.dir(name), "peer-id")))
 	}
-	gw := start(t, "gateway", nil, "gateway", "--data", m.dir("gw"), "--listen", lo, "--bootstrap", m.maddr,
-		"--platform", m.platform, "--http", "127.0.0.1:0")
+	m.gwArgs = []string{"gateway", "--data", m.dir("gw"), "--listen", lo, "--bootstrap", m.maddr,
+		"--platform", m.platform, "--http", "127.0.0.1:0"}
+	gw := start(t, "gateway", nil, m.gwArgs...)
+	m.gw = gw
 	waitFile(t, gw, filepath.Join(m.dir("gw"), "ready"))
 	m.gwURL = "http://" + waitFile(t, gw, filepath.Join(m.dir("gw"), "http-addr"))
 	if err := launch.WaitInstances(ctx, m.gwURL, m.consumerKey, spec.nodes, 30*time.Second); err != nil {

@@ -64,6 +64,7 @@ func TestSettleKilledMidTrafficBillsEveryCallOnce(t *testing.T) {
 	os.Remove(filepath.Join(m.dir("settle"), "ready"))
 	os.Remove(filepath.Join(m.dir("settle"), "http-addr"))
 	time.Sleep(time.Second)
+	duringOutage := ok.Load() - killedAt // served on the gateway's credit line
 	restarted := start(t, "settle-restarted", nil, settleArgs...)
 	waitFile(t, restarted, filepath.Join(m.dir("settle"), "ready"))
 	m.settleURL = "http://" + waitFile(t, restarted, filepath.Join(m.dir("settle"), "http-addr"))
@@ -72,6 +73,9 @@ func TestSettleKilledMidTrafficBillsEveryCallOnce(t *testing.T) {
 	wg.Wait()
 	if killedAt == 0 || ok.Load() == killedAt {
 		t.Fatalf("traffic did not span the crash: %d calls before the kill, %d in all", killedAt, ok.Load())
+	}
+	if duringOutage == 0 {
+		t.Fatalf("no call was served while settlement was down: the credit line should carry the gateway")
 	}
 
 	// Every 200 settles, once; the balance moved by exactly what they cost.
@@ -95,7 +99,8 @@ func TestSettleKilledMidTrafficBillsEveryCallOnce(t *testing.T) {
 	if acct.SpentUcr != totalUcr || acct.BalanceUcr != 5_000_000-totalUcr {
 		t.Fatalf("the 200s cost %d µcr; spent %d, balance %d", totalUcr, acct.SpentUcr, acct.BalanceUcr)
 	}
-	t.Logf("%d calls billed exactly once across the crash (%d refused while settlement was down)", want, refused.Load())
+	t.Logf("%d calls billed exactly once across the crash; %d served on the credit line while settlement was down, %d refused",
+		want, duringOutage, refused.Load())
 
 	// The auditor's view: stop the peer, verify the chain and every balance.
 	restarted.stop(syscall.SIGTERM)
@@ -141,4 +146,54 @@ func flipOneByte(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 	t.Logf("flipped byte %d of %s", len(data)/2, filepath.Base(target))
+}
+
+// A gateway killed while its receipts wait for an unreachable settlement
+// peer loses none of them: they are in its journal, and a restarted gateway
+// delivers them once settlement is back.
+func TestGatewayJournalSurvivesKill(t *testing.T) {
+	m := startProcMesh(t, meshSpec{nodes: 1, capacity: 8, engineArgs: func(int) []string { return []string{"--rate", "0"} }})
+	if r := m.call(chat(5, false)); r.status != 200 { // takes a credit line
+		t.Fatalf("first call: %d %s", r.status, r.body)
+	}
+	settleArgs := []string{"settle", "--data", m.dir("settle"), "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", m.maddr,
+		"--http", "127.0.0.1:0", "--signup-limit", "0"}
+	waitCalls := func(n int64) int64 {
+		var acct struct{ Calls int64 }
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			json.Unmarshal(getJSON(t, m.settleURL+"/v1/account", m.consumerKey), &acct)
+			if acct.Calls >= n || time.Now().After(deadline) {
+				return acct.Calls
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	if got := waitCalls(1); got != 1 {
+		t.Fatalf("first call not billed: %d", got)
+	}
+	m.settle.stop(syscall.SIGTERM)
+	os.Remove(filepath.Join(m.dir("settle"), "ready"))
+	os.Remove(filepath.Join(m.dir("settle"), "http-addr"))
+	served := int64(1)
+	for range 10 {
+		if r := m.call(chat(5, false)); r.status == 200 {
+			served++
+		}
+	}
+	if served < 5 {
+		t.Fatalf("only %d calls served on the credit line during the outage", served)
+	}
+	m.gw.stop(syscall.SIGKILL) // receipts are only in the journal now
+	os.Remove(filepath.Join(m.dir("gw"), "ready"))
+	os.Remove(filepath.Join(m.dir("gw"), "http-addr"))
+
+	settle := start(t, "settle-back", nil, settleArgs...)
+	waitFile(t, settle, filepath.Join(m.dir("settle"), "ready"))
+	m.settleURL = "http://" + waitFile(t, settle, filepath.Join(m.dir("settle"), "http-addr"))
+	gw := start(t, "gateway-back", nil, m.gwArgs...)
+	waitFile(t, gw, filepath.Join(m.dir("gw"), "ready"))
+	if got := waitCalls(served); got != served {
+		t.Fatalf("%d calls served, %d billed after the gateway came back", served, got)
+	}
 }

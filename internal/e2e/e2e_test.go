@@ -314,6 +314,63 @@ func TestOtherEndpoints(t *testing.T) {
 	if a.Calls != 2 {
 		t.Fatalf("calls %d, want 2", a.Calls)
 	}
+
+	// The settlement peer lists the account's transfers, newest first, paged;
+	// transfer ids derive from the request id and the leg.
+	type txPage struct {
+		Object string `json:"object"`
+		Data   []struct {
+			ID     string `json:"id"`
+			From   string `json:"from"`
+			To     string `json:"to"`
+			Amount int64  `json:"amount_ucr"`
+			Kind   string `json:"kind"`
+		} `json:"data"`
+		HasMore    bool   `json:"has_more"`
+		NextCursor string `json:"next_cursor"`
+	}
+	var page txPage
+	getSettle := func(path string, out any) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, m.SettleURL+path, nil)
+		req.Header.Set("Authorization", "Bearer "+m.DemoKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b, _ := io.ReadAll(resp.Body)
+			t.Fatalf("GET %s: %s %s", path, resp.Status, b)
+		}
+		json.NewDecoder(resp.Body).Decode(out)
+	}
+	getSettle("/v1/account/transactions?limit=2", &page)
+	if page.Object != "list" || len(page.Data) != 2 || !page.HasMore || page.NextCursor == "" {
+		t.Fatalf("first page: %+v", page)
+	}
+	var all []string
+	for _, tx := range page.Data {
+		all = append(all, tx.ID)
+	}
+	getSettle("/v1/account/transactions?limit=100&cursor="+page.NextCursor, &page)
+	for _, tx := range page.Data {
+		all = append(all, tx.ID)
+	}
+	// 2 calls x (provider, platform) + the starting grant.
+	if len(all) != 5 || !strings.HasPrefix(all[0], "call/req_") || !strings.HasSuffix(all[0], "/provider") && !strings.HasSuffix(all[0], "/platform") {
+		t.Fatalf("transactions: %v", all)
+	}
+
+	var bounties struct {
+		Object  string            `json:"object"`
+		PoolUcr int64             `json:"pool_ucr"`
+		Data    []json.RawMessage `json:"data"`
+	}
+	getSettle("/v1/bounties", &bounties)
+	if bounties.Object != "list" || bounties.PoolUcr <= 0 || bounties.Data == nil {
+		t.Fatalf("bounties: %+v (the pool is funded from the platform's share of every call)", bounties)
+	}
 }
 
 // Errors come back in OpenAI's shape with the right status and code.
