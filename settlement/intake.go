@@ -111,19 +111,15 @@ func (s *Settlement) apply(from peer.ID, rs []*p2p.Receipt, proven func(int, *p2
 				return
 			}
 			pending[i] = c
+			// Hand it to the committer at once: checks overlap commits.
+			select {
+			case s.intake.ch <- c:
+			case <-s.stopped:
+				c.done <- Outcome{Err: ErrIntakeStopped}
+			}
 		})
 	}
 	wg.Wait()
-	for _, c := range pending {
-		if c == nil {
-			continue
-		}
-		select {
-		case s.intake.ch <- c:
-		case <-s.stopped:
-			c.done <- Outcome{Err: ErrIntakeStopped}
-		}
-	}
 	for i, c := range pending {
 		if c != nil {
 			out[i] = <-c.done
@@ -212,8 +208,20 @@ func (s *Settlement) check(from peer.ID, fromID string, r *p2p.Receipt, sg signe
 	return c, nil
 }
 
+// committers is how many batches may be in the ledger at once: while one
+// waits for its fsync the next is applied, and they share syncs.
+const committers = 2
+
 // run commits receipts until ctx ends.
 func (in *intake) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for range committers {
+		wg.Go(func() { in.commitLoop(ctx) })
+	}
+	wg.Wait()
+}
+
+func (in *intake) commitLoop(ctx context.Context) {
 	batch := make([]*checked, 0, maxCommitBatch)
 	for {
 		batch = batch[:0]
@@ -243,8 +251,15 @@ func (in *intake) commit(batch []*checked) {
 	pool := s.poolBalance()
 	postings := make([]ledger.Posting, len(batch))
 	legs := make([]economy.Legs, len(batch))
+	mods := map[string]economy.Modifiers{} // per node/model: a batch has many calls of few instances
 	for i, c := range batch {
-		legs[i] = s.legs(c, c.cost, pool, now)
+		k := c.r.Node + "/" + c.r.Model
+		m, ok := mods[k]
+		if !ok {
+			m = s.modifiers(c.r.Node, c.r.Model, now)
+			mods[k] = m
+		}
+		legs[i] = economy.ComputeLegs(c.cost, s.cfg.Terms, m, pool)
 		pool += legs[i].PlatformToPool - legs[i].PoolToProvider
 		postings[i] = s.posting(c, legs[i])
 	}
@@ -303,14 +318,20 @@ func (in *intake) capped(c *checked, now time.Time) (bool, error) {
 // legs prices one call: the provider's share with its anti-flapping cut
 // and its bounty, the platform's share, the pool's funding.
 func (s *Settlement) legs(c *checked, cost, pool int64, now time.Time) economy.Legs {
-	st := s.rep.Standing(c.r.Node, c.r.Model, now)
+	return economy.ComputeLegs(cost, s.cfg.Terms, s.modifiers(c.r.Node, c.r.Model, now), pool)
+}
+
+// modifiers are an instance's payout modifiers at now: its anti-flapping
+// cut and the bounty its trust tier earns on its model.
+func (s *Settlement) modifiers(node, model string, now time.Time) economy.Modifiers {
+	st := s.rep.Standing(node, model, now)
 	mods := economy.NoModifiers()
 	if st.Known {
 		mods.Flap = s.cfg.Flap.FlapFactor(st.SwitchedAt, now)
 		tier := s.cfg.Trust.Tier(st.Age, st.Score)
-		mods.Bounty = economy.Multiplier(s.underSupply(c.r.Model), tier, s.cfg.Trust)
+		mods.Bounty = economy.Multiplier(s.underSupply(model), tier, s.cfg.Trust)
 	}
-	return economy.ComputeLegs(cost, s.cfg.Terms, mods, pool)
+	return mods
 }
 
 // posting turns legs into transfers whose ids derive from the request id.

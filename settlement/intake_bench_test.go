@@ -77,8 +77,9 @@ func newReceiptBench(b *testing.B) *receiptBench {
 	return rb
 }
 
-// batch builds one signed batch of fresh receipts, tag making ids unique.
-func (rb *receiptBench) batch(b *testing.B, tag int) *p2p.ReceiptBatch {
+// batch builds one signed batch of fresh receipts, tag making ids unique,
+// and returns it as it travels: encoded for the wire.
+func (rb *receiptBench) batch(b *testing.B, tag int) []byte {
 	price := economy.DefaultPriceTable().For("bench-model")
 	out := &p2p.ReceiptBatch{Gateway: rb.gwID.String(), Refs: make([]int, benchBatch)}
 	byNode := make([][][32]byte, benchNodes)
@@ -106,19 +107,26 @@ func (rb *receiptBench) batch(b *testing.B, tag int) *p2p.ReceiptBatch {
 	if err := out.Sign(rb.gw); err != nil {
 		b.Fatal(err)
 	}
-	// What travels: the batch as the gateway sends it, decoded by settlement.
-	wire, _ := json.Marshal(out)
-	var decoded p2p.ReceiptBatch
-	if err := json.Unmarshal(wire, &decoded); err != nil {
+	wire, err := encodeBatch(out)
+	if err != nil {
 		b.Fatal(err)
 	}
-	return &decoded
+	return wire
+}
+
+// encodeBatch and decodeBatch are the settle protocol's wire encoding of a
+// receipt batch.
+func encodeBatch(rb *p2p.ReceiptBatch) ([]byte, error) { return json.Marshal(rb) }
+
+func decodeBatch(wire []byte) (*p2p.ReceiptBatch, error) {
+	var rb p2p.ReceiptBatch
+	return &rb, json.Unmarshal(wire, &rb)
 }
 
 // BenchmarkReceiptIntake is durable receipts per second through the whole
-// settlement path: batch and claim-batch signatures, grants, price and cost
-// checks, the split with bounty and anti-flap legs, and one synced Pebble
-// batch with its chain link per gateway batch.
+// settlement path: decoding the batch off the wire, batch and claim-batch
+// signatures, grants, price and cost checks, the split with bounty and
+// anti-flap legs, and synced Pebble batches with their chain links.
 //
 // Four gateways send at once, as many do in production, so one batch's
 // signature checks overlap another's commit.
@@ -129,15 +137,20 @@ func BenchmarkReceiptIntake(b *testing.B) {
 	var total int
 	for b.Loop() {
 		b.StopTimer()
-		batches := make([]*p2p.ReceiptBatch, gateways)
+		batches := make([][]byte, gateways)
 		for g := range batches {
 			batches[g] = rb.batch(b, tag)
 			tag++
 		}
 		b.StartTimer()
 		var wg sync.WaitGroup
-		for _, batch := range batches {
+		for _, wire := range batches {
 			wg.Go(func() {
+				batch, err := decodeBatch(wire)
+				if err != nil {
+					b.Error(err)
+					return
+				}
 				for i, o := range rb.s.ApplyReceiptBatch(rb.gwID, batch) {
 					if o.Err != nil || !o.Applied {
 						b.Errorf("receipt %d: %+v", i, o)
@@ -167,8 +180,9 @@ func BenchmarkReceiptRawPebbleFloor(b *testing.B) {
 	b.ResetTimer()
 	for b.Loop() {
 		b.StopTimer()
-		batch := rb.batch(b, tag)
+		wire := rb.batch(b, tag)
 		tag++
+		batch, _ := decodeBatch(wire)
 		recs := make([][]byte, len(batch.Receipts))
 		for i, r := range batch.Receipts {
 			recs[i], _ = json.Marshal(r)
