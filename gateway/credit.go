@@ -71,7 +71,7 @@ func newCreditLines(h *p2p.Host, platform peer.ID, cfg CreditConfig) *creditLine
 // (what billing caps input at) and the full completion length asked for.
 func (cl *creditLines) estimate(price economy.Price, body []byte, meta openai.Meta) int64 {
 	out := meta.MaxTokens
-	if out <= 0 || out > cl.cfg.MaxEstimated*4 {
+	if out <= 0 {
 		out = cl.cfg.MaxEstimated
 	}
 	return economy.Cost(price, int64(len(body)), out*max(meta.N, 1))

@@ -39,6 +39,7 @@ type procMesh struct {
 func (m *procMesh) settleProc(t *testing.T) *proc { return m.settle }
 
 type meshSpec struct {
+	settleArgs []string // extra flags for the settlement peer
 	nodes      int
 	capacity   int
 	engineArgs func(i int) []string // extra flags for engine i
@@ -52,8 +53,8 @@ func startProcMesh(t *testing.T, spec meshSpec) *procMesh {
 	waitFile(t, boot, filepath.Join(m.dir("boot"), "ready"))
 	m.maddr = waitFile(t, boot, filepath.Join(m.dir("boot"), "addrs"))
 
-	settle := start(t, "settle", nil, "settle", "--data", m.dir("settle"), "--listen", lo, "--bootstrap", m.maddr,
-		"--http", "127.0.0.1:0", "--signup-limit", "0")
+	settle := start(t, "settle", nil, append([]string{"settle", "--data", m.dir("settle"), "--listen", lo, "--bootstrap", m.maddr,
+		"--http", "127.0.0.1:0", "--signup-limit", "0"}, spec.settleArgs...)...)
 	waitFile(t, settle, filepath.Join(m.dir("settle"), "ready"))
 	m.settle = settle
 	m.platform = waitFile(t, settle, filepath.Join(m.dir("settle"), "peer-id"))

@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -191,5 +193,22 @@ func TestRoutingKilledNodeFailsOver(t *testing.T) {
 		if r := m.call(chat(3, false)); r.status != 200 || r.node != m.nodeIDs[1] {
 			t.Fatalf("after the kill: %d from %s", r.status, r.node)
 		}
+	}
+}
+
+// A call whose worst case the account cannot cover is refused with 402
+// before any node works on it; a smaller one still goes through.
+func TestInsufficientCredits(t *testing.T) {
+	prices := filepath.Join(t.TempDir(), "prices.yaml")
+	// Output at 0.1 credit a token: 5 credits cover 50 tokens.
+	os.WriteFile(prices, []byte("default:\n  input: 1\n  output: 100000000000\n"), 0o600)
+	m := startProcMesh(t, meshSpec{settleArgs: []string{"--prices", prices}, nodes: 1, capacity: 8,
+		engineArgs: func(int) []string { return []string{"--rate", "0"} }})
+	r := m.call(chat(100, false))
+	if r.status != 402 || !strings.Contains(r.body, `"insufficient_credits"`) {
+		t.Fatalf("a call beyond the balance: %d %s", r.status, r.body)
+	}
+	if r := m.call(chat(10, false)); r.status != 200 {
+		t.Fatalf("a call within the balance: %d %s", r.status, r.body)
 	}
 }
