@@ -143,7 +143,8 @@ func BenchmarkPostBatch(b *testing.B) {
 
 // BenchmarkRawPebbleSyncedBatch is the floor under BenchmarkPostBatch: one
 // synced pebble batch per iteration holding as many bytes as PostBatch
-// writes for 1000 postings (about 10 records per posting), no ledger logic.
+// writes for 1000 postings (in 10 records per posting, more than PostBatch's
+// about 6), no ledger logic.
 func BenchmarkRawPebbleSyncedBatch(b *testing.B) {
 	const size = 1000
 	if batchBytes == 0 {

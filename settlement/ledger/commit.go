@@ -3,6 +3,7 @@ package ledger
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
@@ -106,9 +107,18 @@ type txn struct {
 
 	// Records to write, buffered so they reach the batch in key order:
 	// sorted inserts are several times cheaper in Pebble's memtable
-	// skiplist than random ones.
+	// skiplist than random ones. Transfer records (txs) are made in key
+	// order and index entries (xs) in sequence order per account, so only
+	// the other records (kvs) need a comparison sort; writeBatch merges.
 	arena []byte
 	kvs   []kvRef
+	txs   []kvRef
+	xs    []indexEnt
+
+	// Scratch for writeBatch.
+	xrank  []int32 // overlay account index -> rank of its index prefix, or -1
+	xorder []int32 // accounts with index entries, in key order
+	xsort  []indexEnt
 
 	// Scratch for the posting being applied.
 	pend   []pendingTx
@@ -121,6 +131,12 @@ type txn struct {
 // kvRef locates one record in txn.arena: key at off, then the value.
 type kvRef struct{ off, klen, vlen uint32 }
 
+// indexEnt notes that transfer seq touches the account at overlay index acct.
+type indexEnt struct {
+	acct int32
+	seq  uint64
+}
+
 // set buffers a record for the batch; k and v are copied.
 func (t *txn) set(k, v []byte) error {
 	off := len(t.arena)
@@ -131,22 +147,136 @@ func (t *txn) set(k, v []byte) error {
 
 func (t *txn) kvKey(r kvRef) []byte { return t.arena[r.off : r.off+r.klen] }
 
-// writeBatch sorts the buffered records by key into a new pebble batch.
+// writeBatch puts the buffered records into a new pebble batch in key
+// order. The order only makes the memtable insert cheaper; any order would
+// be correct.
 func (t *txn) writeBatch() error {
 	slices.SortFunc(t.kvs, func(a, b kvRef) int { return bytes.Compare(t.kvKey(a), t.kvKey(b)) })
-	t.b = t.l.db.NewBatchWithSize(len(t.arena) + 8*len(t.kvs) + 64)
-	for _, r := range t.kvs {
-		v := t.arena[r.off+r.klen : r.off+r.klen+r.vlen]
-		if err := t.b.Set(t.kvKey(r), v, nil); err != nil {
+	xs := t.sortIndex()
+	size := len(t.arena) + 8*(len(t.kvs)+len(t.txs)) + 64
+	for _, a := range t.xorder {
+		size += len(prefixIndex) + len(t.accts.ids[a]) + 1 + 16 + 8
+	}
+	size += 3 * len(xs)
+	t.b = t.l.db.NewBatchWithSize(size)
+	// t.kvs holds no t/ or x/ keys: put those below "t/", the transfers,
+	// those between, the index, and the rest.
+	tx, x := t.lowerBound(prefixTx), t.lowerBound(prefixIndex)
+	if err := t.putKVs(t.kvs[:tx]); err != nil {
+		return err
+	}
+	if err := t.putKVs(t.txs); err != nil {
+		return err
+	}
+	if err := t.putKVs(t.kvs[tx:x]); err != nil {
+		return err
+	}
+	for i := 0; i < len(xs); {
+		// One record per account: its first transfer in the key, the
+		// others as increments in the value.
+		acct, seq := xs[i].acct, xs[i].seq
+		t.vbuf = t.vbuf[:0]
+		for i++; i < len(xs) && xs[i].acct == acct; i++ {
+			t.vbuf = binary.AppendUvarint(t.vbuf, xs[i].seq-xs[i-1].seq)
+		}
+		t.kbuf = appendIndexKey(t.kbuf[:0], t.accts.ids[acct], seq)
+		if err := t.b.Set(t.kbuf, t.vbuf, nil); err != nil {
+			return err
+		}
+	}
+	return t.putKVs(t.kvs[x:])
+}
+
+// lowerBound returns the index in the sorted t.kvs of the first key >= k.
+func (t *txn) lowerBound(k string) int {
+	i, _ := slices.BinarySearchFunc(t.kvs, k, func(r kvRef, k string) int {
+		return bytes.Compare(t.kvKey(r), []byte(k))
+	})
+	return i
+}
+
+func (t *txn) putKVs(rs []kvRef) error {
+	for _, r := range rs {
+		if err := t.b.Set(t.kvKey(r), t.arena[r.off+r.klen:r.off+r.klen+r.vlen], nil); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// sortIndex returns the index entries in key order: by account prefix
+// "<account>/", then sequence number. Entries are made in sequence order,
+// so a stable counting sort by account suffices.
+func (t *txn) sortIndex() []indexEnt {
+	t.xorder = t.xorder[:0]
+	if len(t.xs) == 0 {
+		return nil
+	}
+	n := len(t.accts.ids)
+	t.xrank = slices.Grow(t.xrank[:0], n)[:n]
+	for i := range t.xrank {
+		t.xrank[i] = -1
+	}
+	for _, e := range t.xs {
+		if t.xrank[e.acct] < 0 {
+			t.xrank[e.acct] = 0
+			t.xorder = append(t.xorder, e.acct)
+		}
+	}
+	ids := t.accts.ids
+	slices.SortFunc(t.xorder, func(a, b int32) int { return cmpIndexPrefix(ids[a], ids[b]) })
+	// Offsets: xrank[acct] becomes the next free slot of the account.
+	counts := make([]int32, len(t.xorder)+1)
+	for r, a := range t.xorder {
+		t.xrank[a] = int32(r)
+	}
+	for _, e := range t.xs {
+		counts[t.xrank[e.acct]+1]++
+	}
+	for r := 1; r < len(counts); r++ {
+		counts[r] += counts[r-1]
+	}
+	t.xsort = slices.Grow(t.xsort[:0], len(t.xs))[:len(t.xs)]
+	for _, e := range t.xs {
+		r := t.xrank[e.acct]
+		t.xsort[counts[r]] = e
+		counts[r]++
+	}
+	return t.xsort
+}
+
+// cmpIndexPrefix compares a+"/" with b+"/", the order of the accounts'
+// index keys.
+func cmpIndexPrefix(a, b string) int {
+	n := min(len(a), len(b))
+	if c := strings.Compare(a[:n], b[:n]); c != 0 {
+		return c
+	}
+	// One is a prefix of the other: compare '/' with the longer one's next byte.
+	switch {
+	case len(a) == len(b):
+		return 0
+	case len(a) < len(b):
+		return cmpByte('/', b[n])
+	default:
+		return cmpByte(a[n], '/')
+	}
+}
+
+func cmpByte(a, b byte) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
 type pendingTx struct {
-	index int // position in Posting.Transfers
-	t     *Transfer
+	index    int // position in Posting.Transfers
+	t        *Transfer
+	from, to int // overlay indexes of the accounts
 }
 
 func (l *Ledger) newTxn() *txn {
@@ -166,14 +296,14 @@ func (l *Ledger) newTxn() *txn {
 	t.txSum.Reset()
 	t.evSum.Reset()
 	t.dirty, t.link = false, nil
-	t.arena, t.kvs = t.arena[:0], t.kvs[:0]
+	t.arena, t.kvs, t.txs, t.xs = t.arena[:0], t.kvs[:0], t.txs[:0], t.xs[:0]
 	return t
 }
 
 func (l *Ledger) putTxn(t *txn) {
 	t.b, t.link = nil, nil
 	if cap(t.arena) > 64<<20 {
-		t.arena, t.kvs = nil, nil
+		t.arena, t.kvs, t.txs, t.xs, t.xsort = nil, nil, nil, nil, nil
 	}
 	l.txns.Put(t)
 }
@@ -258,24 +388,28 @@ func (t *txn) addEvent(i int, e holdEvent) error {
 }
 
 // addTx records transfer tr of the posting keyed key (ID key/leg): its
-// record, its two index entries, and its digest entry.
-func (t *txn) addTx(key, leg string, tr *Transfer) error {
+// record and its digest entry. addIndex writes its index entries.
+func (t *txn) addTx(key, leg string, tr *Transfer) {
 	seq := t.nextSeq
 	t.nextSeq++
 	t.dbuf = appendTxDigest(t.dbuf[:0], seq, key, leg, tr.From, tr.To, tr.Amount, tr.Kind)
 	t.txSum.Write(t.dbuf)
-	t.vbuf = appendTx(t.vbuf[:0], seq, t.nowNs, key, leg, tr)
-	t.kbuf = appendSeqKey(t.kbuf[:0], prefixTx, seq)
-	if err := t.set(t.kbuf, t.vbuf); err != nil {
-		return err
-	}
-	t.kbuf = appendIndexKey(t.kbuf[:0], tr.From, seq)
-	if err := t.set(t.kbuf, nil); err != nil {
-		return err
-	}
-	t.kbuf = appendIndexKey(t.kbuf[:0], tr.To, seq)
+	off := len(t.arena)
+	t.arena = appendSeqKey(t.arena, prefixTx, seq)
+	klen := len(t.arena) - off
+	t.arena = appendTx(t.arena, seq, t.nowNs, key, leg, tr)
+	t.txs = append(t.txs, kvRef{off: uint32(off), klen: uint32(klen), vlen: uint32(len(t.arena) - off - klen)})
 	t.dirty = true
-	return t.set(t.kbuf, nil)
+}
+
+// addIndex notes the index entries of the transfers in t.pend, numbered
+// from first. writeBatch makes them one x/<account>/<seq> record per
+// account the txn touches.
+func (t *txn) addIndex(first uint64) {
+	for j, pt := range t.pend {
+		seq := first + uint64(j)
+		t.xs = append(t.xs, indexEnt{acct: int32(pt.from), seq: seq}, indexEnt{acct: int32(pt.to), seq: seq})
+	}
 }
 
 // finish writes the changed states, counters and, if the txn moved money or

@@ -40,6 +40,11 @@
 // later write until it is reopened. NewAPIKey, RevokeAPIKey and LinkNode
 // write one synced record each.
 //
+// Every posting's idempotency key is checked first against an in-memory
+// filter of all keys in the store (built at Open by scanning i/, fed before
+// each batch is handed to Pebble); only a key the filter cannot rule out is
+// looked up in Pebble, so new keys cost no disk or memtable search.
+//
 // # Reads
 //
 // Account states, open holds, API-key hashes and node links are loaded into
@@ -70,7 +75,9 @@
 //	i/<idempotency key>      32-byte SHA-256 of the posting's payload, then the 8-byte big-endian
 //	                         sequence number the posting's first transfer got
 //	t/<seq>                  transfer record: seq, time, key, leg, from, to, amount, kind
-//	x/<account>/<seq>        empty; per-account index of transfers touching <account>
+//	x/<account>/<seq>        per-account index of transfers touching <account>: one record per
+//	                         account per batch, keyed by the account's first transfer of the batch;
+//	                         the value lists its others as uvarint increments (empty: just <seq>)
 //	h/<hold id>              hold: account, holder, amount, remaining, expires, closed, last event seq
 //	e/<seq>                  hold event: seq, time, kind, hold, account, holder, delta, closed, expires
 //	c/<seq>                  chain link: seq, prev, hash, digest, tx and event ranges, time, signature

@@ -139,6 +139,8 @@ type Ledger struct {
 	tail   *ticket // the latest batch handed to Pebble
 	// failed holds the first fsync error; every later write returns it.
 	failed atomic.Pointer[error]
+	// idem filters the idempotency keys in the store; guarded by wmu.
+	idem *idemFilter
 
 	// mu guards the published state; readers hold it shared. Close takes it
 	// exclusively so no reader uses the DB while it closes.
@@ -270,6 +272,9 @@ func (l *Ledger) load() error {
 			l.nodes[k] = string(v)
 			return nil
 		})
+	}
+	if err == nil {
+		l.idem, err = loadIdemFilter(l.db)
 	}
 	if err != nil {
 		return err

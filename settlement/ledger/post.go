@@ -171,16 +171,20 @@ func (t *txn) post(p *Posting, hash *[32]byte) (applied bool, err, fatal error) 
 		}
 		return false, nil, nil
 	}
-	t.kbuf = append(append(t.kbuf[:0], prefixIdem...), p.Key...)
-	prev, found, err := lookupIdem(t.l.db, t.kbuf)
-	if err != nil {
-		return false, nil, err
-	}
-	if found {
-		if prev.hash != *hash {
-			return false, fmt.Errorf("%w: key %q", ErrConflict, p.Key), nil
+	// The filter has every key of the store (and of every batch handed to
+	// Pebble): "absent" is definite, so only a possible replay reads Pebble.
+	if t.l.idem.mayContain(p.Key) {
+		t.kbuf = append(append(t.kbuf[:0], prefixIdem...), p.Key...)
+		prev, found, err := lookupIdem(t.l.db, t.kbuf)
+		if err != nil {
+			return false, nil, err
 		}
-		return false, nil, nil
+		if found {
+			if prev.hash != *hash {
+				return false, fmt.Errorf("%w: key %q", ErrConflict, p.Key), nil
+			}
+			return false, nil, nil
+		}
 	}
 	t.begin()
 	if err := t.apply(p); err != nil {
@@ -266,7 +270,7 @@ func (t *txn) apply(p *Posting) error {
 		if !isSystem(from.ID) && tr.Kind == KindCall {
 			from.Spent = satAdd(from.Spent, tr.Amount)
 		}
-		t.pend = append(t.pend, pendingTx{index: i, t: tr})
+		t.pend = append(t.pend, pendingTx{index: i, t: tr, from: fi, to: ti})
 	}
 	if p.Consumer != "" {
 		ci, err := t.acct(p.Consumer)
@@ -288,10 +292,9 @@ func (t *txn) apply(p *Posting) error {
 func (t *txn) accept(p *Posting, hash *[32]byte, idem bool) error {
 	first := t.nextSeq
 	for _, pt := range t.pend {
-		if err := t.addTx(p.Key, legOf(p.Transfers, pt.index), pt.t); err != nil {
-			return err
-		}
+		t.addTx(p.Key, legOf(p.Transfers, pt.index), pt.t)
 	}
+	t.addIndex(first)
 	for _, e := range t.pendEv {
 		i, _ := t.holds.find(e.Hold)
 		if err := t.addEvent(i, e); err != nil {
@@ -304,6 +307,9 @@ func (t *txn) accept(p *Posting, hash *[32]byte, idem bool) error {
 		return nil
 	}
 	t.idem[p.Key] = *hash
+	// Into the filter now, before the batch is handed to Pebble: a batch
+	// that then fails leaves a stale "maybe", which costs only a lookup.
+	t.l.idem.add(p.Key)
 	t.kbuf = append(append(t.kbuf[:0], prefixIdem...), p.Key...)
 	t.vbuf = idemRecord{hash: *hash, seq: first}.appendTo(t.vbuf[:0])
 	return t.set(t.kbuf, t.vbuf)

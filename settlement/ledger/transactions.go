@@ -1,6 +1,8 @@
 package ledger
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 
@@ -72,21 +74,34 @@ func (l *Ledger) Transactions(account, cursor string, limit int) ([]TxRecord, st
 	defer it.Close()
 
 	var out []TxRecord
+	var seqs []uint64
 	next := ""
+scan:
 	for valid := it.Last(); valid; valid = it.Prev() {
 		seq, err := parseSeq(string(it.Key()[len(prefix):]))
+		if err == nil {
+			var v []byte
+			if v, err = it.ValueAndErr(); err == nil {
+				seqs, err = decodeIndexValue(seqs[:0], seq, v)
+			}
+		}
 		if err != nil {
-			return nil, "", fmt.Errorf("%w: index key %q", ErrCorrupt, it.Key())
+			return nil, "", fmt.Errorf("%w: index record %q: %v", ErrCorrupt, it.Key(), err)
 		}
-		if len(out) == limit {
-			next = seqString(out[len(out)-1].Seq)
-			break
+		for i := len(seqs) - 1; i >= 0; i-- {
+			if seqs[i] >= before {
+				continue // not yet durable, or not before the cursor
+			}
+			if len(out) == limit {
+				next = seqString(out[len(out)-1].Seq)
+				break scan
+			}
+			rec, err := l.readTx(seqs[i])
+			if err != nil {
+				return nil, "", err
+			}
+			out = append(out, rec)
 		}
-		rec, err := l.readTx(seq)
-		if err != nil {
-			return nil, "", err
-		}
-		out = append(out, rec)
 	}
 	if err := it.Error(); err != nil {
 		return nil, "", fmt.Errorf("ledger: transactions: %w", err)
@@ -105,4 +120,21 @@ func (l *Ledger) readTx(seq uint64) (TxRecord, error) {
 		return TxRecord{}, fmt.Errorf("%w: transfer record %d", ErrCorrupt, seq)
 	}
 	return rec, nil
+}
+
+// decodeIndexValue appends to seqs the transfers an index record
+// x/<account>/<seq> lists: seq itself, then one more per uvarint in the
+// value, each the (positive) increment over the previous. Records of earlier
+// versions list one transfer each and have empty values.
+func decodeIndexValue(seqs []uint64, seq uint64, v []byte) ([]uint64, error) {
+	seqs = append(seqs, seq)
+	for len(v) > 0 {
+		d, n := binary.Uvarint(v)
+		if n <= 0 || d == 0 || seq+d < seq {
+			return seqs, errors.New("bad transfer list")
+		}
+		v, seq = v[n:], seq+d
+		seqs = append(seqs, seq)
+	}
+	return seqs, nil
 }
