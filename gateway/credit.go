@@ -41,7 +41,7 @@ func DefaultCreditConfig() CreditConfig {
 	return CreditConfig{
 		MinTopUp:     200_000,          // 0.2 credits: hundreds of small calls per round trip
 		TopUpFactor:  8,                // a burst of similar calls shares one top-up
-		HoldFor:      10 * time.Minute, // a vanished gateway's holds return within 10 minutes
+		HoldFor:      35 * time.Minute, // outlives the longest call (30 min), so a call never outlives its hold
 		RenewBefore:  time.Minute,      // never spend on a hold about to expire
 		MaxEstimated: 4096,             // a typical engine's default cap on completion length
 	}
@@ -59,6 +59,7 @@ type creditLines struct {
 type creditLine struct {
 	mu        sync.Mutex // serialises top-ups of one account
 	id        string
+	amount    int64 // the hold's total at settlement, as last confirmed
 	remaining int64 // what this gateway may still spend
 	expires   time.Time
 }
@@ -111,19 +112,27 @@ func (cl *creditLines) reserve(ctx context.Context, key, account string, amount 
 		return "", errNoCredit
 	case errors.As(err, &rpcErr) && rpcErr.Code == p2p.CodeUnknownKey:
 		return "", errUnknownKey
+	case errors.As(err, &rpcErr) && rpcErr.Code != p2p.CodeInternal:
+		// The hold is closed or not ours any more: the next call takes a new one.
+		l.id, l.amount, l.remaining = "", 0, 0
+		return "", errSettlementOffline
 	case err != nil || resp.Hold == nil:
-		// Settlement is out of reach: spend what the line still holds.
+		// Settlement is out of reach (or did not answer in time: a top-up it
+		// applied is counted from its total at the next answer). Spend what
+		// the line still holds.
 		if l.id != "" && l.remaining >= amount && now.Before(l.expires) {
 			l.remaining -= amount
 			return l.id, nil
 		}
 		return "", errSettlementOffline
 	}
-	if id != l.id {
-		l.remaining = 0 // a new hold: the old one's rest returns to the account on its expiry
+	if resp.Hold.ID != l.id {
+		l.id, l.amount, l.remaining = resp.Hold.ID, 0, 0 // a new hold: the old one's rest returns on its expiry
 	}
-	l.id = resp.Hold.ID
-	l.remaining += resp.Hold.Added
+	// Count what settlement added since the total this gateway last saw,
+	// including top-ups whose answers were lost.
+	l.remaining += resp.Hold.Amount - l.amount
+	l.amount = resp.Hold.Amount
 	l.expires = time.UnixMilli(resp.Hold.ExpiresMs)
 	if l.remaining < amount {
 		return "", errNoCredit
@@ -132,8 +141,10 @@ func (cl *creditLines) reserve(ctx context.Context, key, account string, amount 
 	return l.id, nil
 }
 
-// settle returns to the line what a call reserved but did not spend.
-func (cl *creditLines) settle(account string, reserved, spent int64) {
+// settle returns to the line what a call reserved on hold but did not
+// spend; a reservation on a hold the line has left behind stays with that
+// hold (it returns to the account when the hold expires).
+func (cl *creditLines) settle(account, hold string, reserved, spent int64) {
 	cl.mu.Lock()
 	l := cl.lines[account]
 	cl.mu.Unlock()
@@ -141,7 +152,9 @@ func (cl *creditLines) settle(account string, reserved, spent int64) {
 		return
 	}
 	l.mu.Lock()
-	l.remaining += reserved - spent
+	if l.id == hold {
+		l.remaining += reserved - spent
+	}
 	l.mu.Unlock()
 }
 
@@ -150,9 +163,11 @@ func (cl *creditLines) release(ctx context.Context) {
 	cl.mu.Lock()
 	ids := make([]string, 0, len(cl.lines))
 	for _, l := range cl.lines {
+		l.mu.Lock()
 		if l.id != "" {
 			ids = append(ids, l.id)
 		}
+		l.mu.Unlock()
 	}
 	cl.mu.Unlock()
 	for _, id := range ids {

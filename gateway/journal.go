@@ -16,8 +16,25 @@ import (
 // settlement outage, loses no bill. Keys: "r/<request id>" pending,
 // "x/<request id>" refused by settlement (kept for the operator to inspect).
 type Journal struct {
-	mu sync.Mutex
-	db *pebble.DB
+	mu     sync.RWMutex // writers hold it shared; Close takes it whole
+	closed bool
+	db     *pebble.DB
+}
+
+// ErrJournalClosed is returned by writes after Close.
+var ErrJournalClosed = errors.New("gateway: receipt journal closed")
+
+// use runs f on the open database, or fails if the journal is closed.
+func (j *Journal) use(f func(*pebble.DB) error) error {
+	if j == nil {
+		return nil
+	}
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	if j.closed {
+		return ErrJournalClosed
+	}
+	return f(j.db)
 }
 
 // OpenJournal opens (or creates) the journal in dir; fs nil means the disk.
@@ -37,6 +54,12 @@ func (j *Journal) Close() error {
 	if j == nil {
 		return nil
 	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.closed {
+		return nil
+	}
+	j.closed = true
 	return j.db.Close()
 }
 
@@ -49,7 +72,7 @@ func (j *Journal) Put(r *p2p.Receipt) error {
 	if err != nil {
 		return err
 	}
-	return j.db.Set([]byte("r/"+r.RequestID), data, pebble.Sync)
+	return j.use(func(db *pebble.DB) error { return db.Set([]byte("r/"+r.RequestID), data, pebble.Sync) })
 }
 
 // Done forgets a receipt settlement acknowledged.
@@ -57,7 +80,7 @@ func (j *Journal) Done(requestID string) error {
 	if j == nil {
 		return nil
 	}
-	return j.db.Delete([]byte("r/"+requestID), pebble.NoSync)
+	return j.use(func(db *pebble.DB) error { return db.Delete([]byte("r/"+requestID), pebble.NoSync) })
 }
 
 // Refused moves a receipt settlement refused on its merits out of the
@@ -70,10 +93,12 @@ func (j *Journal) Refused(r *p2p.Receipt, reason string) error {
 		Receipt *p2p.Receipt `json:"receipt"`
 		Reason  string       `json:"reason"`
 	}{r, reason})
-	b := j.db.NewBatch()
-	b.Delete([]byte("r/"+r.RequestID), nil)
-	b.Set([]byte("x/"+r.RequestID), data, nil)
-	return b.Commit(pebble.Sync)
+	return j.use(func(db *pebble.DB) error {
+		b := db.NewBatch()
+		b.Delete([]byte("r/"+r.RequestID), nil)
+		b.Set([]byte("x/"+r.RequestID), data, nil)
+		return b.Commit(pebble.Sync)
+	})
 }
 
 // Pending returns every receipt not yet acknowledged.
@@ -81,20 +106,23 @@ func (j *Journal) Pending() ([]*p2p.Receipt, error) {
 	if j == nil {
 		return nil, nil
 	}
-	it, err := j.db.NewIter(&pebble.IterOptions{LowerBound: []byte("r/"), UpperBound: []byte("r0")})
-	if err != nil {
-		return nil, err
-	}
-	defer it.Close()
 	var out []*p2p.Receipt
-	for it.First(); it.Valid(); it.Next() {
-		var r p2p.Receipt
-		if err := json.Unmarshal(it.Value(), &r); err != nil {
-			return nil, errors.Join(fmt.Errorf("gateway: journal entry %q is damaged", it.Key()), err)
+	err := j.use(func(db *pebble.DB) error {
+		it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte("r/"), UpperBound: []byte("r0")})
+		if err != nil {
+			return err
 		}
-		out = append(out, &r)
-	}
-	return out, it.Error()
+		defer it.Close()
+		for it.First(); it.Valid(); it.Next() {
+			var r p2p.Receipt
+			if err := json.Unmarshal(it.Value(), &r); err != nil {
+				return errors.Join(fmt.Errorf("gateway: journal entry %q is damaged", it.Key()), err)
+			}
+			out = append(out, &r)
+		}
+		return it.Error()
+	})
+	return out, err
 }
 
 // quietLogger keeps Pebble's informational chatter out of the logs; a fatal

@@ -104,7 +104,7 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, r
 		key: key, account: au.account, grant: au.grant, hold: hold, wantUsage: meta.IncludeUsage,
 	}
 	status := c.run()
-	g.credit.settle(au.account, reserved, c.spent)
+	g.credit.settle(au.account, hold, reserved, c.spent)
 	return status
 }
 

@@ -80,6 +80,10 @@ func (rl *relay) whole() (int, *attemptError) {
 	if err != nil {
 		return 0, &attemptError{status: 200, err: fmt.Errorf("engine answer is not a JSON object: %w", err)}
 	}
+	// The node's part is over; the receipt is durable before the client
+	// has its answer, so a crash can never serve a call it forgot to bill.
+	c.nodeDone()
+	c.bill(rl, t, prompt, completion, price, cost)
 	h := c.w.Header()
 	h.Set(HeaderNode, rl.node.String())
 	h.Set("Content-Type", "application/json")
@@ -87,9 +91,6 @@ func (rl *relay) whole() (int, *attemptError) {
 	rl.writeDeadline()
 	c.w.WriteHeader(http.StatusOK)
 	c.w.Write(out)
-	http.NewResponseController(c.w).Flush() // the client has its answer before the receipt is journaled
-	c.nodeDone()
-	c.bill(rl, t, prompt, completion, price, cost)
 	return http.StatusOK, nil
 }
 
@@ -216,6 +217,8 @@ func (rl *relay) stream() (int, *attemptError) {
 	prompt, completion := rl.billed(cl, completion, deliveredBytes)
 	price := g.price(c.meta.Model)
 	cost := economy.Cost(price, prompt, completion)
+	c.nodeDone()
+	c.bill(rl, trailer, prompt, completion, price, cost) // durable before the stream's last word
 	if !clientGone {
 		switch {
 		case cl.Incomplete:
@@ -227,8 +230,6 @@ func (rl *relay) stream() (int, *attemptError) {
 		}
 		rl.event([]byte("[DONE]"))
 	}
-	c.nodeDone()
-	c.bill(rl, trailer, prompt, completion, price, cost)
 	return http.StatusOK, nil
 }
 

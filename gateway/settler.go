@@ -11,7 +11,7 @@ import (
 )
 
 // receiptBatch is how many receipts go in one call to the settlement peer.
-const receiptBatch = 256
+const receiptBatch = 1000
 
 // settler delivers receipts to the settlement peer in batches, retrying
 // with backoff until each is resolved: applied, a duplicate of one applied,
@@ -26,6 +26,7 @@ type settler struct {
 	journal  *Journal
 
 	mu      sync.Mutex
+	slow    map[string]time.Time // nodes that failed to sign a claim batch lately: skipped until then
 	queue   []*p2p.Receipt
 	sending int // receipts taken from the queue and not yet resolved
 	wake    chan struct{}
@@ -112,7 +113,7 @@ func (s *settler) deliver(ctx context.Context, batch []*p2p.Receipt) []*p2p.Rece
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := s.h.CallSettle(cctx, s.platform, &p2p.SettleRequest{Op: p2p.OpReceipts, Batch: rb})
+	resp, err := s.h.SendReceipts(cctx, s.platform, rb)
 	if err != nil || len(resp.Results) != len(batch) {
 		s.metrics.receipts.WithLabelValues("retry").Add(float64(len(batch)))
 		s.log.Warn("receipts not delivered; will retry", "receipts", len(batch), "err", err)
@@ -162,9 +163,13 @@ func (s *settler) sign(ctx context.Context, batch []*p2p.Receipt) (*p2p.ReceiptB
 		wg sync.WaitGroup
 	)
 	sem := make(chan struct{}, 8)
+	now := time.Now()
 	for node, idx := range byNode {
 		id, err := peer.Decode(node)
-		if err != nil {
+		s.mu.Lock()
+		skip := now.Before(s.slow[node])
+		s.mu.Unlock()
+		if err != nil || skip {
 			continue
 		}
 		sem <- struct{}{}
@@ -174,11 +179,18 @@ func (s *settler) sign(ctx context.Context, batch []*p2p.Receipt) (*p2p.ReceiptB
 			for j, i := range idx {
 				hashes[j] = batch[i].Claim.Hash()
 			}
-			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			cb, err := s.h.RequestClaimBatch(cctx, id, hashes)
 			cancel()
 			if err != nil {
+				// Its receipts go on their own signatures; do not wait on it again soon.
 				s.log.Debug("node did not sign a claim batch; receipts keep their own signatures", "node", node, "err", err)
+				s.mu.Lock()
+				if s.slow == nil || len(s.slow) > 10_000 {
+					s.slow = map[string]time.Time{}
+				}
+				s.slow[node] = time.Now().Add(5 * time.Minute)
+				s.mu.Unlock()
 				return
 			}
 			mu.Lock()

@@ -122,6 +122,16 @@ func (b *ReceiptBatch) Sign(key crypto.PrivKey) error {
 
 // VerifyGateway checks the gateway's signature and the batch's shape.
 func (b *ReceiptBatch) VerifyGateway() error {
+	for _, r := range b.Receipts {
+		if r == nil {
+			return fmt.Errorf("%w: a null receipt", ErrBadReceipt)
+		}
+	}
+	for _, c := range b.Claims {
+		if c == nil {
+			return fmt.Errorf("%w: a null claim batch", ErrBadReceipt)
+		}
+	}
 	if len(b.Refs) != len(b.Receipts) {
 		return fmt.Errorf("%w: %d refs for %d receipts", ErrBadReceipt, len(b.Refs), len(b.Receipts))
 	}
@@ -149,6 +159,7 @@ type claimsReply struct {
 // them; known reports whether a hash is a claim it made for gateway.
 func ServeClaims(h *Host, known func(gateway string, hash [32]byte) bool) {
 	h.SetStreamHandler(ProtoClaims, func(s network.Stream) {
+		defer recoverStream(s, h)
 		defer s.Close()
 		s.SetDeadline(time.Now().Add(10 * time.Second))
 		_, payload, err := ReadFrame(bufio.NewReader(s), nil, 32*MaxClaimsPerBatch+1024)

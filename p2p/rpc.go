@@ -126,6 +126,7 @@ type SettleHandler func(ctx context.Context, remote peer.ID, req *SettleRequest)
 // ServeSettle registers handler for /tokenrouter/settle/1 on h.
 func ServeSettle(h *Host, handler SettleHandler) {
 	h.SetStreamHandler(ProtoSettle, func(s network.Stream) {
+		defer recoverStream(s, h)
 		defer s.Close()
 		s.SetDeadline(time.Now().Add(30 * time.Second))
 		_, payload, err := ReadFrame(bufio.NewReader(s), nil, 1<<20)
@@ -186,6 +187,90 @@ func (h *Host) CallSettle(ctx context.Context, p peer.ID, req *SettleRequest) (*
 	var resp SettleResponse
 	if err := json.Unmarshal(payload, &resp); err != nil {
 		return nil, fmt.Errorf("settle: bad answer: %w", err)
+	}
+	if resp.Error != nil {
+		return &resp, resp.Error
+	}
+	return &resp, nil
+}
+
+// recoverStream turns a panic while serving a peer's stream into a reset
+// stream and a logged error: no peer input may take the process down.
+func recoverStream(s network.Stream, h *Host) {
+	if v := recover(); v != nil {
+		s.Reset()
+		h.log.Error("panic serving a stream; the stream was reset", "protocol", string(s.Protocol()),
+			"peer", s.Conn().RemotePeer().String(), "panic", fmt.Sprint(v))
+	}
+}
+
+// ProtoReceipts carries receipt batches in their binary encoding (see
+// codec.go): JSON would cost more to decode than settling them.
+const ProtoReceipts = "/tokenrouter/receipts/1"
+
+// maxReceiptFrame bounds one binary receipt batch.
+const maxReceiptFrame = 8 << 20
+
+// ServeReceipts registers handler for binary receipt batches on h.
+func ServeReceipts(h *Host, handler func(ctx context.Context, remote peer.ID, b *ReceiptBatch) *SettleResponse) {
+	h.SetStreamHandler(ProtoReceipts, func(s network.Stream) {
+		defer recoverStream(s, h)
+		defer s.Close()
+		s.SetDeadline(time.Now().Add(60 * time.Second))
+		_, payload, err := ReadFrame(bufio.NewReader(s), nil, maxReceiptFrame)
+		if err != nil {
+			s.Reset()
+			return
+		}
+		var resp *SettleResponse
+		var b ReceiptBatch
+		if err := b.UnmarshalBinary(payload); err != nil {
+			resp = &SettleResponse{Error: &RPCError{Code: CodeInvalid, Message: err.Error()}}
+		} else {
+			resp = handler(context.Background(), s.Conn().RemotePeer(), &b)
+		}
+		out, _ := json.Marshal(resp)
+		w := bufio.NewWriter(s)
+		if WriteFrame(w, FrameJSON, out) != nil || w.Flush() != nil {
+			s.Reset()
+		}
+	})
+}
+
+// SendReceipts delivers a signed receipt batch to the settlement peer p.
+func (h *Host) SendReceipts(ctx context.Context, p peer.ID, b *ReceiptBatch) (*SettleResponse, error) {
+	payload, err := b.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	if err := h.Find(ctx, p); err != nil {
+		return nil, err
+	}
+	s, err := h.NewStream(ctx, p, ProtoReceipts)
+	if err != nil {
+		return nil, fmt.Errorf("receipts: open stream: %w", err)
+	}
+	defer s.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		s.SetDeadline(dl)
+	}
+	w := bufio.NewWriterSize(s, 64<<10)
+	if err := WriteFrame(w, 'B', payload); err != nil {
+		s.Reset()
+		return nil, err
+	}
+	if err := w.Flush(); err != nil {
+		s.Reset()
+		return nil, err
+	}
+	_, reply, err := ReadFrame(bufio.NewReader(s), nil, 4<<20)
+	if err != nil {
+		s.Reset()
+		return nil, fmt.Errorf("receipts: read answer: %w", err)
+	}
+	var resp SettleResponse
+	if err := json.Unmarshal(reply, &resp); err != nil {
+		return nil, fmt.Errorf("receipts: bad answer: %w", err)
 	}
 	if resp.Error != nil {
 		return &resp, resp.Error

@@ -14,15 +14,20 @@ import (
 // demand counts calls gateways turned away for want of capacity, per model
 // and minute, for the bounty computation.
 type demand struct {
-	mu      sync.Mutex
-	minute  int64
-	current map[string]float64
-	last    map[string]float64 // the previous full minute
+	mu        sync.Mutex
+	minute    int64
+	current   map[string]float64
+	last      map[string]float64 // the previous full minute
+	byGateway map[string]float64 // this minute's reports per gateway and model
 }
+
+// maxUnservedPerGateway caps what one gateway may report per model and
+// minute: one liar can nudge a bounty, not conjure one.
+const maxUnservedPerGateway = 600
 
 // add records a gateway's unserved counts; only models the network has
 // served are counted (a typo is not demand).
-func (d *demand) add(unserved map[string]uint32, rep *Reputation, now time.Time) {
+func (d *demand) add(gateway string, unserved map[string]uint32, rep *Reputation, now time.Time) {
 	if len(unserved) == 0 {
 		return
 	}
@@ -30,8 +35,14 @@ func (d *demand) add(unserved map[string]uint32, rep *Reputation, now time.Time)
 	defer d.mu.Unlock()
 	d.roll(now)
 	for model, n := range unserved {
-		if rep.knowsModel(model) {
-			d.current[model] += float64(min(n, 100_000))
+		if !rep.knowsModel(model) {
+			continue
+		}
+		k := gateway + "|" + model
+		allowed := min(float64(n), maxUnservedPerGateway-d.byGateway[k])
+		if allowed > 0 {
+			d.byGateway[k] += allowed
+			d.current[model] += allowed
 		}
 	}
 }
@@ -43,12 +54,17 @@ func (d *demand) roll(now time.Time) {
 	}
 	switch {
 	case m == d.minute:
+		if d.byGateway == nil {
+			d.byGateway = map[string]float64{}
+		}
+		return
 	case m == d.minute+1:
 		d.last, d.current = d.current, map[string]float64{}
 	default:
 		d.last, d.current = map[string]float64{}, map[string]float64{}
 	}
 	d.minute = m
+	d.byGateway = map[string]float64{}
 }
 
 // perMinute is the unserved rate per model over the last full minute.

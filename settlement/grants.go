@@ -41,6 +41,10 @@ func (s *Settlement) checkGrant(r *p2p.Receipt) error {
 		return fmt.Errorf("%w: the grant is for another account or gateway", ErrReceiptRejected)
 	case r.TimeMs > r.Grant.ExpiresMs:
 		return fmt.Errorf("%w: the call came after its grant expired", ErrReceiptRejected)
+	case r.TimeMs < r.Grant.ExpiresMs-GrantTTL.Milliseconds()-time.Minute.Milliseconds():
+		return fmt.Errorf("%w: the call is dated before its grant was given", ErrReceiptRejected)
+	case r.TimeMs > time.Now().Add(time.Minute).UnixMilli():
+		return fmt.Errorf("%w: the call is dated in the future", ErrReceiptRejected)
 	}
 	if s.grantSeen(r.Grant) {
 		return nil
@@ -86,6 +90,12 @@ func isSystemAccount(id string) bool {
 	return strings.HasPrefix(id, ledger.NodeAccountPrefix)
 }
 
+// Bounds on what the gateway book remembers.
+const (
+	maxTrackedGateways = 100_000
+	maxTrackedReports  = 1_000_000
+)
+
 // maxReportsPerHour caps the failures one gateway may report against one
 // instance in an hour: a liar can dent a score, not sink it.
 const maxReportsPerHour = 60
@@ -104,6 +114,13 @@ func (b *gatewayBook) seen(g peer.ID, now time.Time) {
 	defer b.mu.Unlock()
 	if b.lastSeen == nil {
 		b.lastSeen = map[peer.ID]time.Time{}
+	}
+	if len(b.lastSeen) >= maxTrackedGateways {
+		for p, t := range b.lastSeen {
+			if now.Sub(t) > GrantTTL {
+				delete(b.lastSeen, p)
+			}
+		}
 	}
 	b.lastSeen[g] = now
 }
@@ -127,6 +144,9 @@ func (b *gatewayBook) allow(g peer.ID, node, model string, n uint32, now time.Ti
 		b.hour, b.reported = h, map[string]uint32{}
 	}
 	k := g.String() + "|" + node + "|" + model
+	if _, ok := b.reported[k]; !ok && len(b.reported) >= maxTrackedReports {
+		return 0
+	}
 	n = min(n, maxReportsPerHour-min(b.reported[k], maxReportsPerHour))
 	b.reported[k] += n
 	return n

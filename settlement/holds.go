@@ -3,6 +3,7 @@ package settlement
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -11,8 +12,14 @@ import (
 )
 
 // MaxHoldFor bounds a hold's life: a gateway that vanishes gives its
-// reserved credit back within this.
-const MaxHoldFor = 30 * time.Minute
+// reserved credit back within this. It exceeds a gateway's longest call.
+const MaxHoldFor = 40 * time.Minute
+
+// Limits on holds, so no gateway can fill the ledger with them.
+const (
+	maxOpenHolds = 4    // per account and gateway: a line moves on, it does not multiply
+	minHold      = 1000 // µcr: the smallest hold worth a record
+)
 
 // ledgerHoldID namespaces a gateway's hold ids, so gateways cannot touch
 // each other's holds.
@@ -39,7 +46,18 @@ func (s *Settlement) hold(remote peer.ID, req *p2p.SettleRequest) *p2p.SettleRes
 	if existed && (before.Account != account || before.Holder != remote.String()) {
 		return rpcErr(p2p.CodeConflict, "that hold id belongs to another account")
 	}
-	amount := hr.Amount
+	if !existed {
+		open := 0
+		for _, h := range s.led.Holds(account) {
+			if h.Holder == remote.String() && !h.Closed {
+				open++
+			}
+		}
+		if open >= maxOpenHolds {
+			return rpcErr(p2p.CodeInvalid, fmt.Sprintf("this gateway already has %d open holds on the account; release one", open))
+		}
+	}
+	amount := max(hr.Amount, minHold)
 	if a, err := s.led.Account(account); err == nil && a.Available() < amount {
 		amount = max(a.Available(), hr.Min) // hold what there is, if it covers the least asked
 	}

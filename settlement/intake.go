@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -44,8 +45,9 @@ type checked struct {
 }
 
 type intake struct {
-	s  *Settlement
-	ch chan *checked
+	s        *Settlement
+	ch       chan *checked
+	applying atomic.Int64 // apply calls in progress, for a clean stop
 }
 
 // ApplyReceipts checks and commits receipts sent by gateway from, each
@@ -91,6 +93,8 @@ func (s *Settlement) ApplyReceiptBatch(from peer.ID, b *p2p.ReceiptBatch) []Outc
 type signed struct{ gateway, node bool }
 
 func (s *Settlement) apply(from peer.ID, rs []*p2p.Receipt, proven func(int, *p2p.Receipt) signed) []Outcome {
+	s.intake.applying.Add(1)
+	defer s.intake.applying.Add(-1)
 	fromID := from.String() // base58: once a batch, not once a receipt
 	out := make([]Outcome, len(rs))
 	pending := make([]*checked, len(rs))
@@ -221,6 +225,23 @@ func (in *intake) run(ctx context.Context) {
 	wg.Wait()
 }
 
+// drain answers ErrIntakeStopped to every receipt still handed in after
+// the committers stopped, until no apply call is left; nothing is left
+// waiting forever. The gateways retry those receipts later.
+func (in *intake) drain() {
+	for {
+		select {
+		case c := <-in.ch:
+			c.done <- Outcome{Err: ErrIntakeStopped}
+		default:
+			if in.applying.Load() == 0 && len(in.ch) == 0 {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+}
+
 func (in *intake) commitLoop(ctx context.Context) {
 	batch := make([]*checked, 0, maxCommitBatch)
 	for {
@@ -258,6 +279,9 @@ func (in *intake) commit(batch []*checked) {
 		if !ok {
 			m = s.modifiers(c.r.Node, c.r.Model, now)
 			mods[k] = m
+		}
+		if c.provider == c.r.Consumer {
+			m.Bounty = 1 // no bounty for serving oneself: the pool would pay a consumer for its own calls
 		}
 		legs[i] = economy.ComputeLegs(c.cost, s.cfg.Terms, m, pool)
 		pool += legs[i].PlatformToPool - legs[i].PoolToProvider
@@ -318,7 +342,11 @@ func (in *intake) capped(c *checked, now time.Time) (bool, error) {
 // legs prices one call: the provider's share with its anti-flapping cut
 // and its bounty, the platform's share, the pool's funding.
 func (s *Settlement) legs(c *checked, cost, pool int64, now time.Time) economy.Legs {
-	return economy.ComputeLegs(cost, s.cfg.Terms, s.modifiers(c.r.Node, c.r.Model, now), pool)
+	m := s.modifiers(c.r.Node, c.r.Model, now)
+	if c.provider == c.r.Consumer {
+		m.Bounty = 1
+	}
+	return economy.ComputeLegs(cost, s.cfg.Terms, m, pool)
 }
 
 // modifiers are an instance's payout modifiers at now: its anti-flapping
@@ -337,7 +365,9 @@ func (s *Settlement) modifiers(node, model string, now time.Time) economy.Modifi
 // posting turns legs into transfers whose ids derive from the request id.
 func (s *Settlement) posting(c *checked, l economy.Legs) ledger.Posting {
 	r := c.r
-	p := ledger.Posting{Key: "call/" + r.RequestID, Payload: c.payload, Consumer: r.Consumer, Hold: c.holdID}
+	// Keyed by gateway and request id: a node that saw a request id (say,
+	// during failover) cannot squat it through a gateway of its own.
+	p := ledger.Posting{Key: "call/" + r.Gateway + "/" + r.RequestID, Payload: c.payload, Consumer: r.Consumer, Hold: c.holdID}
 	add := func(from, to string, amount int64, leg string) {
 		if amount > 0 && from != to {
 			p.Transfers = append(p.Transfers, ledger.Transfer{From: from, To: to, Amount: amount, Kind: ledger.KindCall, Leg: leg})

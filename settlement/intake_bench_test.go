@@ -116,11 +116,11 @@ func (rb *receiptBench) batch(b *testing.B, tag int) []byte {
 
 // encodeBatch and decodeBatch are the settle protocol's wire encoding of a
 // receipt batch.
-func encodeBatch(rb *p2p.ReceiptBatch) ([]byte, error) { return json.Marshal(rb) }
+func encodeBatch(rb *p2p.ReceiptBatch) ([]byte, error) { return rb.MarshalBinary() }
 
 func decodeBatch(wire []byte) (*p2p.ReceiptBatch, error) {
 	var rb p2p.ReceiptBatch
-	return &rb, json.Unmarshal(wire, &rb)
+	return &rb, rb.UnmarshalBinary(wire)
 }
 
 // BenchmarkReceiptIntake is durable receipts per second through the whole

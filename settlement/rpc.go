@@ -36,8 +36,11 @@ func (s *Settlement) handle(_ context.Context, remote peer.ID, req *p2p.SettleRe
 	case p2p.OpRegister:
 		return s.registerNode(remote, req.Register)
 	case p2p.OpReport:
-		s.takeReports(remote, req.Reports, time.Now())
-		s.demand.add(req.Unserved, s.rep, time.Now())
+		now := time.Now()
+		if s.gateways.granted(remote, now) { // only gateways serving consumers speak for demand
+			s.takeReports(remote, req.Reports, now)
+			s.demand.add(remote.String(), req.Unserved, s.rep, now)
+		}
 		return &p2p.SettleResponse{}
 	case p2p.OpHold:
 		return s.hold(remote, req)
@@ -61,14 +64,7 @@ func (s *Settlement) handle(_ context.Context, remote peer.ID, req *p2p.SettleRe
 		default:
 			return rpcErr(p2p.CodeInvalid, fmt.Sprintf("at most %d receipts a batch", MaxReceiptsPerBatch))
 		}
-		results := make([]p2p.ReceiptResult, len(outcomes))
-		for i, out := range outcomes {
-			results[i].Applied = out.Applied
-			if out.Err != nil {
-				results[i].Error = receiptError(out.Err).Error
-			}
-		}
-		return &p2p.SettleResponse{Results: results}
+		return receiptResults(outcomes)
 	case p2p.OpReceipt:
 		if req.Receipt == nil {
 			return rpcErr(p2p.CodeInvalid, "receipt missing")
@@ -138,4 +134,24 @@ func receiptError(err error) *p2p.SettleResponse {
 	default:
 		return rpcErr(p2p.CodeInternal, "could not settle the receipt; retry")
 	}
+}
+
+// receiptResults answers a receipts call, one result per receipt.
+func receiptResults(outcomes []Outcome) *p2p.SettleResponse {
+	results := make([]p2p.ReceiptResult, len(outcomes))
+	for i, out := range outcomes {
+		results[i].Applied = out.Applied
+		if out.Err != nil {
+			results[i].Error = receiptError(out.Err).Error
+		}
+	}
+	return &p2p.SettleResponse{Results: results}
+}
+
+// handleReceipts serves binary receipt batches (/tokenrouter/receipts/1).
+func (s *Settlement) handleReceipts(_ context.Context, remote peer.ID, b *p2p.ReceiptBatch) *p2p.SettleResponse {
+	if len(b.Receipts) > MaxReceiptsPerBatch {
+		return rpcErr(p2p.CodeInvalid, fmt.Sprintf("at most %d receipts a batch", MaxReceiptsPerBatch))
+	}
+	return receiptResults(s.ApplyReceiptBatch(remote, b))
 }

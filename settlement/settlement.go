@@ -128,6 +128,8 @@ func New(cfg Config) (*Settlement, error) {
 func (s *Settlement) Run(ctx context.Context, ready func(httpAddr string)) error {
 	p2p.ServeSettle(s.cfg.Host, s.handle)
 	defer s.cfg.Host.RemoveStreamHandler(p2p.ProtoSettle)
+	p2p.ServeReceipts(s.cfg.Host, s.handleReceipts)
+	defer s.cfg.Host.RemoveStreamHandler(p2p.ProtoReceipts)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	repDone := make(chan error, 1)
@@ -136,6 +138,7 @@ func (s *Settlement) Run(ctx context.Context, ready func(httpAddr string)) error
 	loops.Go(func() {
 		s.intake.run(ctx)
 		close(s.stopped)
+		s.intake.drain()
 	})
 	loops.Go(func() { s.expireLoop(ctx, 5*time.Second) })
 	loops.Go(func() { s.bountyLoop(ctx, 10*time.Second) })

@@ -358,7 +358,7 @@ func TestOtherEndpoints(t *testing.T) {
 		all = append(all, tx.ID)
 	}
 	// 2 calls x (provider, platform) + the starting grant.
-	if len(all) != 5 || !strings.HasPrefix(all[0], "call/req_") || !strings.HasSuffix(all[0], "/provider") && !strings.HasSuffix(all[0], "/platform") {
+	if len(all) != 5 || !strings.HasPrefix(all[0], "call/12D3KooW") || !strings.HasSuffix(all[0], "/provider") && !strings.HasSuffix(all[0], "/platform") {
 		t.Fatalf("transactions: %v", all)
 	}
 

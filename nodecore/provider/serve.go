@@ -33,6 +33,12 @@ type call struct {
 
 func (n *Node) serveInfer(parent context.Context) network.StreamHandler {
 	return func(s network.Stream) {
+		defer func() {
+			if v := recover(); v != nil {
+				s.Reset()
+				n.log.Error("panic serving an inference stream; the stream was reset", "panic", fmt.Sprint(v))
+			}
+		}()
 		c := &call{n: n, s: s, w: bufio.NewWriterSize(s, 32<<10)}
 		if err := c.serve(parent); err != nil {
 			n.log.Debug("infer stream ended with an error", "request", c.req.RequestID, "err", err)
