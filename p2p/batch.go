@@ -95,12 +95,22 @@ type ReceiptBatch struct {
 	Sig      []byte        `json:"sig"`
 }
 
-func (b *ReceiptBatch) digest() []byte {
+func (b *ReceiptBatch) digest() []byte { return b.digestOf(nil) }
+
+// digestOf is digest with the receipts' signing bytes already computed
+// (payloads[i] == Receipts[i].SigningBytes(), or nil to compute them).
+func (b *ReceiptBatch) digestOf(payloads [][]byte) []byte {
 	h := sha256.New()
 	h.Write([]byte(receiptBatchDomain))
 	h.Write([]byte(b.Gateway))
-	for _, r := range b.Receipts {
-		sum := sha256.Sum256(r.SigningBytes())
+	for i, r := range b.Receipts {
+		var sb []byte
+		if payloads != nil {
+			sb = payloads[i]
+		} else {
+			sb = r.SigningBytes()
+		}
+		sum := sha256.Sum256(sb)
 		h.Write(sum[:])
 	}
 	for _, c := range b.Claims {
@@ -121,7 +131,14 @@ func (b *ReceiptBatch) Sign(key crypto.PrivKey) error {
 }
 
 // VerifyGateway checks the gateway's signature and the batch's shape.
-func (b *ReceiptBatch) VerifyGateway() error {
+func (b *ReceiptBatch) VerifyGateway() error { return b.VerifyGatewayPayloads(nil) }
+
+// VerifyGatewayPayloads is VerifyGateway given every receipt's signing
+// bytes (computed once by a caller that needs them anyway); nil computes them.
+func (b *ReceiptBatch) VerifyGatewayPayloads(payloads [][]byte) error {
+	if payloads != nil && len(payloads) != len(b.Receipts) {
+		return fmt.Errorf("%w: %d payloads for %d receipts", ErrBadReceipt, len(payloads), len(b.Receipts))
+	}
 	for _, r := range b.Receipts {
 		if r == nil {
 			return fmt.Errorf("%w: a null receipt", ErrBadReceipt)
@@ -140,7 +157,7 @@ func (b *ReceiptBatch) VerifyGateway() error {
 			return fmt.Errorf("%w: claim batch reference %d out of range", ErrBadReceipt, ref)
 		}
 	}
-	if err := verifyBy(b.Gateway, b.digest(), b.Sig); err != nil {
+	if err := verifyBy(b.Gateway, b.digestOf(payloads), b.Sig); err != nil {
 		return fmt.Errorf("receipt batch: %w", err)
 	}
 	return nil

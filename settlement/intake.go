@@ -71,7 +71,14 @@ func (s *Settlement) ApplyReceiptBatch(from peer.ID, b *p2p.ReceiptBatch) []Outc
 	if b.Gateway != from.String() {
 		return fail(fmt.Errorf("%w: a batch signed for gateway %s sent by %s", ErrReceiptRejected, b.Gateway, from))
 	}
-	if err := b.VerifyGateway(); err != nil {
+	for _, r := range b.Receipts {
+		if r == nil {
+			return fail(fmt.Errorf("%w: a null receipt", ErrReceiptRejected))
+		}
+	}
+	payloads := make([][]byte, len(b.Receipts))
+	parallel(len(b.Receipts), func(i int) { payloads[i] = b.Receipts[i].SigningBytes() })
+	if err := b.VerifyGatewayPayloads(payloads); err != nil {
 		return fail(err)
 	}
 	sets := make([]map[[32]byte]struct{}, len(b.Claims))
@@ -81,7 +88,7 @@ func (s *Settlement) ApplyReceiptBatch(from peer.ID, b *p2p.ReceiptBatch) []Outc
 		}
 	}
 	return s.apply(from, b.Receipts, func(i int, r *p2p.Receipt) signed {
-		sg := signed{gateway: true}
+		sg := signed{gateway: true, payload: payloads[i]}
 		if ref := b.Refs[i]; ref >= 0 && sets[ref] != nil && b.Claims[ref].Node == r.Node {
 			_, sg.node = sets[ref][r.Claim.Hash()]
 		}
@@ -89,8 +96,26 @@ func (s *Settlement) ApplyReceiptBatch(from peer.ID, b *p2p.ReceiptBatch) []Outc
 	})
 }
 
-// signed says which of a receipt's signatures a batch already proved.
-type signed struct{ gateway, node bool }
+// signed says which of a receipt's signatures a batch already proved, and
+// carries its signing bytes when they were computed already.
+type signed struct {
+	gateway, node bool
+	payload       []byte
+}
+
+// parallel runs f(0..n-1) over the cores.
+func parallel(n int, f func(int)) {
+	workers := min(runtime.GOMAXPROCS(0), n)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < n; i += workers {
+				f(i)
+			}
+		})
+	}
+	wg.Wait()
+}
 
 func (s *Settlement) apply(from peer.ID, rs []*p2p.Receipt, proven func(int, *p2p.Receipt) signed) []Outcome {
 	s.intake.applying.Add(1)
@@ -197,7 +222,11 @@ func (s *Settlement) check(from peer.ID, fromID string, r *p2p.Receipt, sg signe
 	if _, err := s.led.Account(r.Consumer); err != nil {
 		return nil, fmt.Errorf("%w: consumer: %v", ErrReceiptRejected, err)
 	}
-	c := &checked{r: r, payload: r.SigningBytes(), cost: cost, done: make(chan Outcome, 1)}
+	payload := sg.payload
+	if payload == nil {
+		payload = r.SigningBytes()
+	}
+	c := &checked{r: r, payload: payload, cost: cost, done: make(chan Outcome, 1)}
 	if r.Hold != "" {
 		c.holdID = ledgerHoldID(from, r.Hold)
 		h, ok := s.led.HoldInfo(c.holdID)
