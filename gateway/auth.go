@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"golang.org/x/sync/singleflight"
 	"sync"
 	"time"
 
@@ -27,6 +28,7 @@ type authCache struct {
 
 	mu      sync.Mutex
 	entries map[[32]byte]*authEntry
+	flight  singleflight.Group // one settlement lookup per key at a time, however many calls wait on it
 }
 
 type authEntry struct {
@@ -54,7 +56,16 @@ func (a *authCache) check(ctx context.Context, key string) (auth, error) {
 		return auth{e.account.Account, e.account.BalanceUcr - e.spent, e.grant}, nil
 	}
 	a.mu.Unlock()
-	info, grant, err := a.fetch(ctx, key)
+	type fetched struct {
+		info  *p2p.AccountInfo
+		grant *p2p.Grant
+	}
+	v, err, _ := a.flight.Do(string(sum[:]), func() (any, error) {
+		info, grant, err := a.fetch(ctx, key)
+		return fetched{info, grant}, err
+	})
+	f, _ := v.(fetched)
+	info, grant := f.info, f.grant
 	if err != nil && !errors.Is(err, errUnknownKey) {
 		// Settlement is out of reach: a key it confirmed recently still
 		// spends on its credit line (the line itself bounds the spending).
