@@ -210,17 +210,9 @@ func (g *Gateway) waitCalls(d time.Duration) {
 func (g *Gateway) refreshPrices(ctx context.Context) error {
 	backoff := 200 * time.Millisecond
 	for {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		resp, err := g.cfg.Host.CallSettle(cctx, g.cfg.Platform, &p2p.SettleRequest{Op: p2p.OpPrices})
-		cancel()
-		if err == nil && resp.Prices != nil {
-			g.pmu.Lock()
-			g.prices = *resp.Prices
-			g.pmu.Unlock()
-			return nil
-		}
+		err := g.fetchPrices(ctx)
 		if err == nil {
-			err = errors.New("no price table in the answer")
+			return nil
 		}
 		g.log.Warn("waiting for the settlement peer's prices", "platform", g.cfg.Platform.String(), "err", err)
 		select {
@@ -232,6 +224,23 @@ func (g *Gateway) refreshPrices(ctx context.Context) error {
 	}
 }
 
+// fetchPrices asks the settlement peer for its price table once.
+func (g *Gateway) fetchPrices(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := g.cfg.Host.CallSettle(cctx, g.cfg.Platform, &p2p.SettleRequest{Op: p2p.OpPrices})
+	if err != nil {
+		return err
+	}
+	if resp.Prices == nil {
+		return errors.New("no price table in the answer")
+	}
+	g.pmu.Lock()
+	g.prices = *resp.Prices
+	g.pmu.Unlock()
+	return nil
+}
+
 func (g *Gateway) keepPrices(ctx context.Context) {
 	t := time.NewTicker(g.cfg.PriceRefresh)
 	defer t.Stop()
@@ -240,13 +249,8 @@ func (g *Gateway) keepPrices(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			resp, err := g.cfg.Host.CallSettle(cctx, g.cfg.Platform, &p2p.SettleRequest{Op: p2p.OpPrices})
-			cancel()
-			if err == nil && resp.Prices != nil {
-				g.pmu.Lock()
-				g.prices = *resp.Prices
-				g.pmu.Unlock()
+			if err := g.fetchPrices(ctx); err != nil && ctx.Err() == nil {
+				g.log.Warn("price table not refreshed", "err", err)
 			}
 		}
 	}

@@ -139,18 +139,7 @@ func (b *ReceiptBatch) AppendBinary(dst []byte) ([]byte, error) {
 }
 
 func (r *Receipt) appendBinary(b []byte) []byte {
-	b = appendStr(b, r.RequestID)
-	b = appendStr(b, r.Model)
-	b = appendStr(b, r.Consumer)
-	b = appendStr(b, r.Node)
-	b = appendStr(b, r.Gateway)
-	b = binary.AppendVarint(b, r.PromptTokens)
-	b = binary.AppendVarint(b, r.CompletionTokens)
-	b = binary.AppendVarint(b, r.Price.InputPer1M)
-	b = binary.AppendVarint(b, r.Price.OutputPer1M)
-	b = binary.AppendVarint(b, r.CostUcr)
-	b = binary.AppendVarint(b, r.TimeMs)
-	b = r.Claim.appendSigning(b) // exactly the claim layout above
+	b = r.appendCore(b) // the receipt's fields and claim, as in its signing bytes
 	b = appendBytes(b, r.NodeSig)
 	if g := r.Grant; g != nil {
 		b = append(b, 1)

@@ -149,7 +149,22 @@ var (
 // is checked against the claim, per receipt or through a ClaimBatch, and
 // either way the payload is the same.
 func (r *Receipt) SigningBytes() []byte {
-	b := append(make([]byte, 0, 512), receiptDomain...)
+	b := r.appendCore(append(make([]byte, 0, 512), receiptDomain...))
+	if g := r.Grant; g != nil {
+		b = append(b, 1)
+		b = appendStr(b, g.Account)
+		b = appendStr(b, g.Gateway)
+		b = binary.AppendVarint(b, g.ExpiresMs)
+		b = appendStr(b, string(g.Sig))
+	} else {
+		b = append(b, 0)
+	}
+	return appendStr(b, r.Hold)
+}
+
+// appendCore appends the receipt's fields up to and including the claim,
+// in the layout both the signing bytes and the wire codec use.
+func (r *Receipt) appendCore(b []byte) []byte {
 	b = appendStr(b, r.RequestID)
 	b = appendStr(b, r.Model)
 	b = appendStr(b, r.Consumer)
@@ -161,17 +176,7 @@ func (r *Receipt) SigningBytes() []byte {
 	b = binary.AppendVarint(b, r.Price.OutputPer1M)
 	b = binary.AppendVarint(b, r.CostUcr)
 	b = binary.AppendVarint(b, r.TimeMs)
-	b = r.Claim.appendSigning(b)
-	if g := r.Grant; g != nil {
-		b = append(b, 1)
-		b = appendStr(b, g.Account)
-		b = appendStr(b, g.Gateway)
-		b = binary.AppendVarint(b, g.ExpiresMs)
-		b = appendStr(b, string(g.Sig))
-	} else {
-		b = append(b, 0)
-	}
-	return appendStr(b, r.Hold)
+	return r.Claim.appendSigning(b)
 }
 
 // Sign sets GatewaySig with the gateway's key.

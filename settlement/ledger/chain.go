@@ -21,8 +21,8 @@ import (
 //	Hash   = SHA-256(Prev || Digest || u64 Seq || u64 Time)
 //	Sig    = Signer.Sign(Hash)
 //
-// where a tx entry is 't' || u64 seq || str id || str from || str to ||
-// u64 amount || str kind and an event entry is 'e' || u64 seq || str hold ||
+// where a tx entry (one per transfer, not per posting record) is 't' ||
+// u64 seq || str id || str from || str to || u64 amount || str kind and an event entry is 'e' || u64 seq || str hold ||
 // str account || str holder || u64 delta || closed || kind || u64 expires (u64 big-endian,
 // str a uvarint length and the bytes), each in sequence order.
 type ChainLink struct {
@@ -194,7 +194,7 @@ func tampered(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrTampered, fmt.Sprintf(format, args...))
 }
 
-// seqIter walks records under a t/ or e/ prefix in sequence order.
+// seqIter walks records under a t/ or e/ prefix in key (sequence) order.
 type seqIter struct {
 	it     *pebble.Iterator
 	prefix string
@@ -210,7 +210,8 @@ func newSeqIter(db pebble.Reader, prefix string) (*seqIter, error) {
 	return &seqIter{it: it, prefix: prefix, valid: it.First()}, nil
 }
 
-// next returns the value stored under seq, which must be the next record.
+// next returns the value stored under seq, which must be the next record's
+// key (a t/ record is keyed by the first of its transfers).
 // The value is valid until the following call.
 func (s *seqIter) next(seq uint64) ([]byte, error) {
 	if !s.valid {
@@ -287,6 +288,7 @@ func verifyDB(db pebble.Reader, pub Verifier) (VerifyReport, error) {
 	nextTx, nextEv := uint64(1), uint64(1)
 	txSum, evSum := sha256.New(), sha256.New()
 	var buf []byte
+	var rec postingRec
 	err = scanPrefix(db, prefixLink, func(k string, v []byte) error {
 		c, err := decodeLink(v)
 		if err != nil {
@@ -308,8 +310,8 @@ func verifyDB(db pebble.Reader, pub Verifier) (VerifyReport, error) {
 			return tampered("%s: hold events %d..%d: %v", where, c.FirstEvent, c.LastEvent, err)
 		}
 		txSum.Reset()
-		for seq := c.FirstTx; nTx > 0 && seq <= c.LastTx; seq++ {
-			if buf, err = replayTx(txs, seq, sums, txSum, buf); err != nil {
+		for seq := c.FirstTx; nTx > 0 && seq <= c.LastTx; seq += uint64(len(rec.txs)) {
+			if buf, err = replayPosting(txs, seq, c.LastTx, &rec, sums, txSum, buf); err != nil {
 				return fmt.Errorf("%s: %w", where, err)
 			}
 		}
@@ -376,23 +378,31 @@ func rangeLen(first, last, next uint64) (uint64, error) {
 	return last - first + 1, nil
 }
 
-// replayTx reads transfer seq, hashes its digest entry and adds it to sums.
-func replayTx(txs *seqIter, seq uint64, sums map[string]int64, h hash.Hash, buf []byte) ([]byte, error) {
+// replayPosting reads the posting record t/<seq>, which must end at or
+// before transfer last, into rec, hashes its transfers' digest entries and
+// adds them to sums.
+func replayPosting(txs *seqIter, seq, last uint64, rec *postingRec, sums map[string]int64, h hash.Hash, buf []byte) ([]byte, error) {
 	v, err := txs.next(seq)
 	if err != nil {
 		return buf, err
 	}
-	r, leg, err := decodeTx(v)
-	if err != nil || r.Seq != seq {
-		return buf, tampered("transfer %d does not decode (%v)", seq, err)
+	if err := decodePosting(seq, v, rec); err != nil || rec.first != seq || len(rec.txs) == 0 {
+		rec.txs = rec.txs[:0]
+		return buf, tampered("transfer record %d does not decode (%v)", seq, err)
 	}
-	if r.Amount <= 0 {
-		return buf, tampered("transfer %d moves %d µcr", seq, r.Amount)
+	if n := uint64(len(rec.txs)); n-1 > last-seq {
+		return buf, tampered("transfer record %d holds %d transfers, past the link's last %d", seq, n, last)
 	}
-	buf = appendTxDigest(buf[:0], seq, r.Key, leg, r.From, r.To, r.Amount, r.Kind)
-	h.Write(buf)
-	sums[r.From] -= r.Amount
-	sums[r.To] += r.Amount
+	for i := range rec.txs {
+		e := &rec.txs[i]
+		if e.amount <= 0 {
+			return buf, tampered("transfer %d moves %d µcr", seq+uint64(i), e.amount)
+		}
+		buf = appendTxDigest(buf[:0], seq+uint64(i), rec.key, e.leg, e.from, e.to, e.amount, e.kind)
+		h.Write(buf)
+		sums[e.from] -= e.amount
+		sums[e.to] += e.amount
+	}
 	return buf, nil
 }
 

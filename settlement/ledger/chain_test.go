@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -274,20 +275,62 @@ func TestVerifyDetectsTampering(t *testing.T) {
 			return db.Set(accountKey(st.ID), appendAccount(nil, &st), pebble.Sync)
 		},
 		"transfer amount": func(db *pebble.DB) error {
-			seq := mid(db)
-			v, err := get(db, txKey(seq))
+			first, rec, err := postingAt(db, mid(db))
 			if err != nil {
 				return err
 			}
-			r, leg, err := decodeTx(v)
+			rec.txs[len(rec.txs)-1].amount++
+			return db.Set(txKey(first), encodePosting(&rec), pebble.Sync)
+		},
+		"transfer amount moved within a posting": func(db *pebble.DB) error {
+			first, rec, err := firstPosting(db, 2)
 			if err != nil {
 				return err
 			}
-			tr := Transfer{From: r.From, To: r.To, Amount: r.Amount + 1, Kind: r.Kind}
-			return db.Set(txKey(seq), appendTx(nil, seq, unixNano(r.Time), r.Key, leg, &tr), pebble.Sync)
+			rec.txs[0].amount++
+			rec.txs[1].amount--
+			return db.Set(txKey(first), encodePosting(&rec), pebble.Sync)
+		},
+		"transfer account swapped": func(db *pebble.DB) error {
+			first, rec, err := firstPosting(db, 2)
+			if err != nil {
+				return err
+			}
+			rec.txs[0].to, rec.txs[1].to = rec.txs[1].to, rec.txs[0].to
+			return db.Set(txKey(first), encodePosting(&rec), pebble.Sync)
+		},
+		"transfer dropped from a posting": func(db *pebble.DB) error {
+			first, rec, err := firstPosting(db, 2)
+			if err != nil {
+				return err
+			}
+			rec.txs = rec.txs[:len(rec.txs)-1]
+			return db.Set(txKey(first), encodePosting(&rec), pebble.Sync)
+		},
+		"posting record rekeyed": func(db *pebble.DB) error {
+			first, rec, err := firstPosting(db, 2)
+			if err != nil {
+				return err
+			}
+			b := db.NewBatch()
+			_ = b.Delete(txKey(first), nil)
+			_ = b.Set(txKey(first+1), encodePosting(&rec), nil)
+			return b.Commit(pebble.Sync)
+		},
+		"transfer amount in an old-format record": func(db *pebble.DB) error {
+			first, rec, err := postingAt(db, mid(db))
+			if err != nil {
+				return err
+			}
+			rec.txs[0].amount++
+			return splitPosting(db, first, &rec)
 		},
 		"transfer deleted": func(db *pebble.DB) error {
-			return db.Delete(txKey(mid(db)), pebble.Sync)
+			first, _, err := postingAt(db, mid(db))
+			if err != nil {
+				return err
+			}
+			return db.Delete(txKey(first), pebble.Sync)
 		},
 		"hold event deleted": func(db *pebble.DB) error {
 			return db.Delete(eventKey(1), pebble.Sync)
@@ -428,5 +471,109 @@ func TestVerifyDetectsFlippedByte(t *testing.T) {
 		} else {
 			t.Logf("%s[%d]: %v", name, off, err)
 		}
+	}
+}
+
+// firstPosting returns the first posting record of at least n transfers.
+func firstPosting(db pebble.Reader, n int) (uint64, postingRec, error) {
+	var first uint64
+	var rec postingRec
+	err := scanPrefix(db, prefixTx, func(k string, v []byte) error {
+		if first != 0 {
+			return nil
+		}
+		seq, err := parseSeq(k)
+		if err == nil {
+			err = decodePosting(seq, v, &rec)
+		}
+		if err == nil && len(rec.txs) >= n {
+			first = seq
+		}
+		return err
+	})
+	if err == nil && first == 0 {
+		err = fmt.Errorf("no posting of %d transfers", n)
+	}
+	return first, rec, err
+}
+
+// splitPosting rewrites the posting record t/<first> as the one-transfer
+// records of earlier versions.
+func splitPosting(db *pebble.DB, first uint64, rec *postingRec) error {
+	b := db.NewBatch()
+	_ = b.Delete(txKey(first), nil)
+	for i, e := range rec.txs {
+		seq := first + uint64(i)
+		tr := Transfer{From: e.from, To: e.to, Amount: e.amount, Kind: e.kind}
+		_ = b.Set(txKey(seq), appendTx(nil, seq, rec.time, rec.key, e.leg, &tr), nil)
+	}
+	return b.Commit(pebble.Sync)
+}
+
+// TestOldTransferRecords rewrites every posting record of a closed store as
+// the one-transfer records earlier versions wrote: the store still
+// verifies, and lists the same transfers.
+func TestOldTransferRecords(t *testing.T) {
+	fs := vfs.NewMem()
+	buildSigned(t, fs, "db", 5)
+	_, pub := newKeys(1)
+	rep, err := Verify("db", Options{FS: fs}, pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := func() map[string][]TxRecord {
+		l := openLedger(t, fs, "db")
+		defer l.Close()
+		out := map[string][]TxRecord{}
+		bal, _ := l.Balances()
+		for id := range bal {
+			txs, _, err := l.Transactions(id, "", MaxTxPageSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[id] = txs
+		}
+		return out
+	}
+	before := list()
+	multi := 0
+	rewrite(t, fs, "db", func(db *pebble.DB) error {
+		recs := map[uint64]postingRec{}
+		err := scanPrefix(db, prefixTx, func(k string, v []byte) error {
+			seq, err := parseSeq(k)
+			var rec postingRec
+			if err == nil {
+				err = decodePosting(seq, v, &rec)
+			}
+			if len(rec.txs) > 1 {
+				multi++
+			}
+			recs[seq] = rec
+			return err
+		})
+		for first, rec := range recs {
+			if err == nil {
+				err = splitPosting(db, first, &rec)
+			}
+		}
+		return err
+	})
+	if multi == 0 {
+		t.Fatal("no posting record of several transfers")
+	}
+	rep2, err := Verify("db", Options{FS: fs}, pub)
+	if err != nil || rep2 != rep {
+		t.Fatalf("Verify of old-format records = %+v, %v; want %+v", rep2, err, rep)
+	}
+	after := list()
+	if !reflect.DeepEqual(before, after) {
+		t.Fatalf("old-format records list differently")
+	}
+	n := 0
+	for _, txs := range after {
+		n += len(txs)
+	}
+	if n == 0 {
+		t.Fatal("no transfers listed")
 	}
 }

@@ -5,13 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
-// Records are stored in a compact binary form: a version byte (recordV1)
-// followed by fields in a fixed order. Integers are varints, strings are a
-// uvarint length and the bytes. Account and transfer records written by
-// earlier versions as JSON (first byte '{') are still read.
+// Records are stored in a compact binary form: a version byte (recordV1;
+// recordPosting for t/ records) followed by fields in a fixed order.
+// Integers are varints, strings are a uvarint length and the bytes. Account
+// and transfer records written by earlier versions as JSON (first byte '{'),
+// and the one-transfer t/ records (recordV1) of earlier versions, are still
+// read.
 const recordV1 = 1
 
 // Hold event kinds, as stored in e/<seq> records and hashed into the chain.
@@ -187,26 +190,13 @@ func decodeAccount(v []byte) (AccountState, error) {
 	return st, d.finish()
 }
 
-// appendTx encodes a transfer record (t/<seq>). The transfer's ID is key +
-// "/" + leg.
-func appendTx(b []byte, seq uint64, now int64, key, leg string, t *Transfer) []byte {
-	b = append(b, recordV1)
-	b = binary.AppendUvarint(b, seq)
-	b = binary.AppendVarint(b, now)
-	b = appendStr(b, key)
-	b = appendStr(b, leg)
-	b = appendStr(b, t.From)
-	b = appendStr(b, t.To)
-	b = binary.AppendVarint(b, t.Amount)
-	return appendStr(b, t.Kind)
-}
-
-// decodeTx decodes a transfer record, returning it and its leg.
+// decodeTx decodes a one-transfer record (t/<seq>) of the format earlier
+// versions wrote (recordV1, or JSON), returning it and its leg.
 func decodeTx(v []byte) (TxRecord, string, error) {
 	var r TxRecord
 	if len(v) > 0 && v[0] == '{' {
 		err := json.Unmarshal(v, &r)
-		return r, "", err
+		return r, strings.TrimPrefix(r.ID, r.Key+"/"), err
 	}
 	d := decoder{b: v}
 	d.version()
@@ -220,6 +210,130 @@ func decodeTx(v []byte) (TxRecord, string, error) {
 	r.Amount = d.varint()
 	r.Kind = d.str()
 	return r, leg, d.finish()
+}
+
+// recordPosting is the version byte of a posting record: the transfers of
+// one posting in one t/ record, keyed by the first one's sequence number.
+const recordPosting = 2
+
+// txEntry is one transfer of a posting record; its ID is the posting's key
+// + "/" + leg.
+type txEntry struct {
+	leg, from, to, kind string
+	amount              int64
+}
+
+// postingRec is a decoded t/ record: transfers first, first+1, ... of the
+// posting key, applied at time (unix ns). A record of an earlier version
+// holds one transfer.
+type postingRec struct {
+	first uint64
+	time  int64
+	key   string
+	txs   []txEntry
+	strs  []string // decoding scratch: the record's string table
+}
+
+// covers reports whether transfer seq is in r.
+func (r *postingRec) covers(seq uint64) bool {
+	return len(r.txs) > 0 && seq >= r.first && seq-r.first < uint64(len(r.txs))
+}
+
+// tx returns transfer seq of r, which covers it.
+func (r *postingRec) tx(seq uint64) TxRecord {
+	e := &r.txs[seq-r.first]
+	return TxRecord{Seq: seq, ID: r.key + "/" + e.leg, Key: r.key, From: e.from, To: e.to,
+		Amount: e.amount, Kind: e.kind, Time: fromUnixNano(r.time)}
+}
+
+// appendPosting encodes a posting record (t/<first seq>; the sequence
+// numbers are implied by the key): recordPosting, uvarint transfer count,
+// varint time, str key, then per transfer str leg, ref from, ref to, varint
+// amount, ref kind. A ref is a uvarint: 0 and a str for a string not yet in
+// the record (it is appended to the record's table), or i for the table's
+// i-th string (from 1). Accounts and kinds repeat within a posting, so most
+// appear once. strs is scratch for the table.
+func appendPosting(b []byte, now int64, key string, txs []txEntry, strs []string) ([]byte, []string) {
+	b = append(b, recordPosting)
+	b = binary.AppendUvarint(b, uint64(len(txs)))
+	b = binary.AppendVarint(b, now)
+	b = appendStr(b, key)
+	strs = strs[:0]
+	for i := range txs {
+		e := &txs[i]
+		b = appendStr(b, e.leg)
+		b = appendRef(b, &strs, e.from)
+		b = appendRef(b, &strs, e.to)
+		b = binary.AppendVarint(b, e.amount)
+		b = appendRef(b, &strs, e.kind)
+	}
+	return b, strs
+}
+
+// appendRef appends a reference to s in the string table strs (see
+// appendPosting), adding s to the table if it is not there.
+func appendRef(b []byte, strs *[]string, s string) []byte {
+	for i, t := range *strs {
+		if t == s {
+			return binary.AppendUvarint(b, uint64(i+1))
+		}
+	}
+	*strs = append(*strs, s)
+	return appendStr(append(b, 0), s)
+}
+
+// decodePosting decodes the t/<seq> record v into r, reusing r's slices.
+// Records of earlier versions (one transfer, recordV1 or JSON) are read as
+// one-transfer postings; their first is the seq stored in them, which the
+// caller compares with the key.
+func decodePosting(seq uint64, v []byte, r *postingRec) error {
+	r.txs = r.txs[:0]
+	if len(v) == 0 || v[0] != recordPosting {
+		tx, leg, err := decodeTx(v)
+		if err != nil {
+			return err
+		}
+		r.first, r.time, r.key = tx.Seq, unixNano(tx.Time), tx.Key
+		r.txs = append(r.txs, txEntry{leg: leg, from: tx.From, to: tx.To, kind: tx.Kind, amount: tx.Amount})
+		return nil
+	}
+	d := decoder{b: v[1:]}
+	n := d.uvarint()
+	r.first = seq
+	r.time = d.varint()
+	r.key = d.str()
+	if n == 0 || n > uint64(len(d.b)) {
+		return fmt.Errorf("posting record of %d transfers", n)
+	}
+	r.strs = r.strs[:0]
+	ref := func() string {
+		i := d.uvarint()
+		switch {
+		case d.err != nil:
+			return ""
+		case i == 0:
+			s := d.str()
+			r.strs = append(r.strs, s)
+			return s
+		case i <= uint64(len(r.strs)):
+			return r.strs[i-1]
+		}
+		d.fail(fmt.Errorf("string reference %d of %d", i, len(r.strs)))
+		return ""
+	}
+	for range n {
+		var e txEntry
+		e.leg = d.str()
+		e.from = ref()
+		e.to = ref()
+		e.amount = d.varint()
+		e.kind = ref()
+		if d.err != nil {
+			break
+		}
+		r.txs = append(r.txs, e)
+	}
+	return d.finish()
 }
 
 // appendHold encodes a hold record (h/<id>); the id is in the key.

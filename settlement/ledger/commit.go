@@ -107,7 +107,7 @@ type txn struct {
 
 	// Records to write, buffered so they reach the batch in key order:
 	// sorted inserts are several times cheaper in Pebble's memtable
-	// skiplist than random ones. Transfer records (txs) are made in key
+	// skiplist than random ones. Posting records (txs) are made in key
 	// order and index entries (xs) in sequence order per account, so only
 	// the other records (kvs) need a comparison sort; writeBatch merges.
 	arena []byte
@@ -123,6 +123,8 @@ type txn struct {
 	// Scratch for the posting being applied.
 	pend   []pendingTx
 	pendEv []holdEvent
+	ents   []txEntry
+	strs   []string
 	kbuf   []byte
 	vbuf   []byte
 	dbuf   []byte
@@ -387,17 +389,24 @@ func (t *txn) addEvent(i int, e holdEvent) error {
 	return t.set(t.kbuf, t.vbuf)
 }
 
-// addTx records transfer tr of the posting keyed key (ID key/leg): its
-// record and its digest entry. addIndex writes its index entries.
-func (t *txn) addTx(key, leg string, tr *Transfer) {
-	seq := t.nextSeq
-	t.nextSeq++
-	t.dbuf = appendTxDigest(t.dbuf[:0], seq, key, leg, tr.From, tr.To, tr.Amount, tr.Kind)
-	t.txSum.Write(t.dbuf)
+// addPosting records the transfers in t.pend of the posting p: their
+// digest entries, numbered from t.nextSeq, and ONE posting record
+// t/<first seq> holding them all. addIndex writes their index entries.
+func (t *txn) addPosting(p *Posting) {
+	first := t.nextSeq
+	t.ents = t.ents[:0]
+	for _, pt := range t.pend {
+		tr := pt.t
+		e := txEntry{leg: legOf(p.Transfers, pt.index), from: tr.From, to: tr.To, kind: tr.Kind, amount: tr.Amount}
+		t.dbuf = appendTxDigest(t.dbuf[:0], t.nextSeq, p.Key, e.leg, e.from, e.to, e.amount, e.kind)
+		t.txSum.Write(t.dbuf)
+		t.nextSeq++
+		t.ents = append(t.ents, e)
+	}
 	off := len(t.arena)
-	t.arena = appendSeqKey(t.arena, prefixTx, seq)
+	t.arena = appendSeqKey(t.arena, prefixTx, first)
 	klen := len(t.arena) - off
-	t.arena = appendTx(t.arena, seq, t.nowNs, key, leg, tr)
+	t.arena, t.strs = appendPosting(t.arena, t.nowNs, p.Key, t.ents, t.strs)
 	t.txs = append(t.txs, kvRef{off: uint32(off), klen: uint32(klen), vlen: uint32(len(t.arena) - off - klen)})
 	t.dirty = true
 }

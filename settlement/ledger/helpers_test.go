@@ -3,11 +3,13 @@ package ledger
 import (
 	"bytes"
 	"crypto/ed25519"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -165,4 +167,46 @@ func callPosting(key, consumer, provider string, provShare, platShare int64) Pos
 			{From: consumer, To: AccountPlatform, Amount: platShare, Kind: KindCall},
 		},
 	}
+}
+
+// appendTx encodes a one-transfer record (t/<seq>) in the format earlier
+// versions wrote (recordV1), which decodePosting still reads.
+func appendTx(b []byte, seq uint64, now int64, key, leg string, t *Transfer) []byte {
+	b = append(b, recordV1)
+	b = binary.AppendUvarint(b, seq)
+	b = binary.AppendVarint(b, now)
+	b = appendStr(b, key)
+	b = appendStr(b, leg)
+	b = appendStr(b, t.From)
+	b = appendStr(b, t.To)
+	b = binary.AppendVarint(b, t.Amount)
+	return appendStr(b, t.Kind)
+}
+
+// postingAt returns the key seq and the decoded record of the t/ record
+// holding transfer seq.
+func postingAt(db pebble.Reader, seq uint64) (uint64, postingRec, error) {
+	var rec postingRec
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte(prefixTx), UpperBound: prefixEnd(prefixTx)})
+	if err != nil {
+		return 0, rec, err
+	}
+	defer it.Close()
+	if !it.SeekLT(txKey(seq + 1)) {
+		return 0, rec, fmt.Errorf("no record holds transfer %d", seq)
+	}
+	first, err := parseSeq(string(it.Key()[len(prefixTx):]))
+	if err == nil {
+		err = decodePosting(first, it.Value(), &rec)
+	}
+	if err == nil && !rec.covers(seq) {
+		err = fmt.Errorf("record %d does not hold transfer %d", first, seq)
+	}
+	return first, rec, err
+}
+
+// encodePosting re-encodes a decoded posting record.
+func encodePosting(rec *postingRec) []byte {
+	b, _ := appendPosting(nil, rec.time, rec.key, rec.txs, nil)
+	return b
 }

@@ -291,10 +291,10 @@ func (t *txn) apply(p *Posting) error {
 // idempotency record if idem.
 func (t *txn) accept(p *Posting, hash *[32]byte, idem bool) error {
 	first := t.nextSeq
-	for _, pt := range t.pend {
-		t.addTx(p.Key, legOf(p.Transfers, pt.index), pt.t)
+	if len(t.pend) > 0 {
+		t.addPosting(p)
+		t.addIndex(first)
 	}
-	t.addIndex(first)
 	for _, e := range t.pendEv {
 		i, _ := t.holds.find(e.Hold)
 		if err := t.addEvent(i, e); err != nil {

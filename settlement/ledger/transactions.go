@@ -17,7 +17,8 @@ const (
 	MaxTxPageSize = 1000
 )
 
-// TxRecord is one applied transfer, as stored under t/<seq>.
+// TxRecord is one applied transfer, as stored in its posting's record
+// t/<seq of the posting's first transfer>.
 type TxRecord struct {
 	// Seq numbers transfers in commit order, from 1.
 	Seq uint64 `json:"seq"`
@@ -72,6 +73,11 @@ func (l *Ledger) Transactions(account, cursor string, limit int) ([]TxRecord, st
 		return nil, "", fmt.Errorf("ledger: transactions: %w", err)
 	}
 	defer it.Close()
+	txs, err := l.newTxReader()
+	if err != nil {
+		return nil, "", fmt.Errorf("ledger: transactions: %w", err)
+	}
+	defer txs.it.Close()
 
 	var out []TxRecord
 	var seqs []uint64
@@ -96,7 +102,7 @@ scan:
 				next = seqString(out[len(out)-1].Seq)
 				break scan
 			}
-			rec, err := l.readTx(seqs[i])
+			rec, err := txs.read(seqs[i])
 			if err != nil {
 				return nil, "", err
 			}
@@ -109,17 +115,54 @@ scan:
 	return out, next, nil
 }
 
-func (l *Ledger) readTx(seq uint64) (TxRecord, error) {
-	v, closer, err := l.db.Get(txKey(seq))
+// txReader reads transfers by sequence number from their posting records,
+// keeping the last record it decoded: the transfers of a posting are
+// usually read one after another.
+type txReader struct {
+	it   *pebble.Iterator
+	rec  postingRec
+	kbuf []byte
+}
+
+func (l *Ledger) newTxReader() (*txReader, error) {
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: []byte(prefixTx), UpperBound: prefixEnd(prefixTx)})
 	if err != nil {
-		return TxRecord{}, fmt.Errorf("%w: transfer %d: %v", ErrCorrupt, seq, err)
+		return nil, err
 	}
-	defer closer.Close()
-	rec, _, err := decodeTx(v)
-	if err != nil || rec.Seq != seq {
-		return TxRecord{}, fmt.Errorf("%w: transfer record %d", ErrCorrupt, seq)
+	return &txReader{it: it}, nil
+}
+
+// read returns transfer seq, from the record with the greatest key at or
+// before t/<seq>.
+func (r *txReader) read(seq uint64) (TxRecord, error) {
+	if !r.rec.covers(seq) {
+		r.kbuf = appendSeqKey(r.kbuf[:0], prefixTx, seq+1)
+		if !r.it.SeekLT(r.kbuf) {
+			if err := r.it.Error(); err != nil {
+				return TxRecord{}, fmt.Errorf("ledger: read transfer %d: %w", seq, err)
+			}
+			return TxRecord{}, fmt.Errorf("%w: transfer %d: no record", ErrCorrupt, seq)
+		}
+		first, err := parseSeq(string(r.it.Key()[len(prefixTx):]))
+		var v []byte
+		if err == nil {
+			v, err = r.it.ValueAndErr()
+		}
+		if err == nil {
+			err = decodePosting(first, v, &r.rec)
+		}
+		if err == nil && r.rec.first != first {
+			err = fmt.Errorf("record %d says it starts at %d", first, r.rec.first)
+		}
+		if err != nil {
+			r.rec.txs = r.rec.txs[:0]
+			return TxRecord{}, fmt.Errorf("%w: transfer record %d: %v", ErrCorrupt, first, err)
+		}
+		if !r.rec.covers(seq) {
+			return TxRecord{}, fmt.Errorf("%w: transfer %d: no record", ErrCorrupt, seq)
+		}
 	}
-	return rec, nil
+	return r.rec.tx(seq), nil
 }
 
 // decodeIndexValue appends to seqs the transfers an index record
