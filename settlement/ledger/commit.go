@@ -118,6 +118,7 @@ type txn struct {
 	// Scratch for writeBatch.
 	xrank  []int32 // overlay account index -> rank of its index prefix, or -1
 	xorder []int32 // accounts with index entries, in key order
+	aorder []int32 // overlay account indexes in id order
 	xsort  []indexEnt
 
 	// Scratch for the posting being applied.
@@ -154,15 +155,34 @@ func (t *txn) kvKey(r kvRef) []byte { return t.arena[r.off : r.off+r.klen] }
 // be correct.
 func (t *txn) writeBatch() error {
 	slices.SortFunc(t.kvs, func(a, b kvRef) int { return bytes.Compare(t.kvKey(a), t.kvKey(b)) })
+	// Accounts in id order: the order of their a/ records, and (up to ids
+	// that are prefixes of others) of their x/ records.
+	ids := t.accts.ids
+	t.aorder = t.aorder[:0]
+	for i := range ids {
+		t.aorder = append(t.aorder, int32(i))
+	}
+	slices.SortFunc(t.aorder, func(a, b int32) int { return strings.Compare(ids[a], ids[b]) })
 	xs := t.sortIndex()
 	size := len(t.arena) + 8*(len(t.kvs)+len(t.txs)) + 64
+	for _, a := range t.aorder {
+		size += len(prefixAccount) + len(ids[a]) + 48 + 8
+	}
 	for _, a := range t.xorder {
-		size += len(prefixIndex) + len(t.accts.ids[a]) + 1 + 16 + 8
+		size += len(prefixIndex) + len(ids[a]) + 1 + 16 + 8
 	}
 	size += 3 * len(xs)
 	t.b = t.l.db.NewBatchWithSize(size)
-	// t.kvs holds no t/ or x/ keys: put those below "t/", the transfers,
-	// those between, the index, and the rest.
+	// Keys in order: account states ("a/" is the lowest prefix), then
+	// t.kvs (which holds no a/, t/ or x/ keys) below "t/", the postings,
+	// t.kvs between, the index, and the rest.
+	for _, a := range t.aorder {
+		t.kbuf = append(append(t.kbuf[:0], prefixAccount...), ids[a]...)
+		t.vbuf = appendAccount(t.vbuf[:0], &t.accts.vals[a])
+		if err := t.b.Set(t.kbuf, t.vbuf, nil); err != nil {
+			return err
+		}
+	}
 	tx, x := t.lowerBound(prefixTx), t.lowerBound(prefixIndex)
 	if err := t.putKVs(t.kvs[:tx]); err != nil {
 		return err
@@ -207,7 +227,7 @@ func (t *txn) putKVs(rs []kvRef) error {
 }
 
 // sortIndex returns the index entries in key order: by account prefix
-// "<account>/", then sequence number. Entries are made in sequence order,
+// "<account>/", then sequence number. It needs t.aorder. Entries are made in sequence order,
 // so a stable counting sort by account suffices.
 func (t *txn) sortIndex() []indexEnt {
 	t.xorder = t.xorder[:0]
@@ -220,13 +240,20 @@ func (t *txn) sortIndex() []indexEnt {
 		t.xrank[i] = -1
 	}
 	for _, e := range t.xs {
-		if t.xrank[e.acct] < 0 {
-			t.xrank[e.acct] = 0
-			t.xorder = append(t.xorder, e.acct)
+		t.xrank[e.acct] = 0
+	}
+	// t.aorder is in id order, which is index key order unless an id is a
+	// prefix of another.
+	for _, a := range t.aorder {
+		if t.xrank[a] == 0 {
+			t.xorder = append(t.xorder, a)
 		}
 	}
 	ids := t.accts.ids
-	slices.SortFunc(t.xorder, func(a, b int32) int { return cmpIndexPrefix(ids[a], ids[b]) })
+	cmp := func(a, b int32) int { return cmpIndexPrefix(ids[a], ids[b]) }
+	if !slices.IsSortedFunc(t.xorder, cmp) {
+		slices.SortFunc(t.xorder, cmp)
+	}
 	// Offsets: xrank[acct] becomes the next free slot of the account.
 	counts := make([]int32, len(t.xorder)+1)
 	for r, a := range t.xorder {
@@ -421,16 +448,10 @@ func (t *txn) addIndex(first uint64) {
 	}
 }
 
-// finish writes the changed states, counters and, if the txn moved money or
-// changed holds, the next chain link (signed) into the batch.
+// finish writes the changed hold states, counters and, if the txn moved
+// money or changed holds, the next chain link (signed) into the batch.
+// writeBatch writes the account states.
 func (t *txn) finish() error {
-	for i := range t.accts.vals {
-		t.kbuf = append(append(t.kbuf[:0], prefixAccount...), t.accts.ids[i]...)
-		t.vbuf = appendAccount(t.vbuf[:0], &t.accts.vals[i])
-		if err := t.set(t.kbuf, t.vbuf); err != nil {
-			return err
-		}
-	}
 	for i := range t.holds.vals {
 		t.kbuf = append(append(t.kbuf[:0], prefixHold...), t.holds.ids[i]...)
 		t.vbuf = appendHold(t.vbuf[:0], &t.holds.vals[i])

@@ -19,7 +19,7 @@
 //
 // Every balance- or hold-changing write (PostBatch and Post, CreateAccount,
 // the hold calls) builds ONE pebble batch holding every record it changes —
-// transfers, index entries, hold records and events, account states,
+// posting records, index entries, hold records and events, account states,
 // counters, idempotency records and a chain link — and commits it with
 // pebble.Sync. PostBatch puts a whole batch of postings, each accepted or
 // rejected on its own, into one such commit.
@@ -73,8 +73,11 @@
 //	k/<sha256(api key) hex>  owning account id; the plaintext key is never stored
 //	n/<peer id>              account the node is linked to
 //	i/<idempotency key>      32-byte SHA-256 of the posting's payload, then the 8-byte big-endian
-//	                         sequence number the posting's first transfer got
-//	t/<seq>                  transfer record: seq, time, key, leg, from, to, amount, kind
+//	                         sequence number the posting's first transfer got (its t/ record's key)
+//	t/<seq>                  posting record, keyed by the seq of its posting's first transfer:
+//	                         time and key once, then per transfer leg, from, to, amount, kind
+//	                         (accounts and kinds repeated within the posting are references to
+//	                         their first occurrence); its transfers are <seq>, <seq>+1, ...
 //	x/<account>/<seq>        per-account index of transfers touching <account>: one record per
 //	                         account per batch, keyed by the account's first transfer of the batch;
 //	                         the value lists its others as uvarint increments (empty: just <seq>)
@@ -85,6 +88,8 @@
 //	m/eseq                   8-byte big-endian next hold event sequence number
 //
 // Account ids never contain '/', so "x/<account>/" is a prefix of exactly one
-// account's index. Account and transfer records written as JSON by earlier
-// versions are still read.
+// account's index. t/ records of earlier versions hold one transfer each
+// (a binary record with its own seq), and account and transfer records may
+// be JSON; all of these are still read, and the chain digest is the same
+// for both t/ forms (one entry per transfer), so older stores verify.
 package ledger
