@@ -1,7 +1,6 @@
 package settlement
 
 import (
-	"crypto/sha256"
 	"fmt"
 	"strings"
 	"sync"
@@ -63,23 +62,42 @@ const maxVerifiedGrants = 100_000
 // verified before: a gateway sends the same grant with every receipt of
 // an account, and one Ed25519 verification per receipt would dominate intake.
 func (s *Settlement) grantSeen(g *p2p.Grant) bool {
-	s.grantMu.Lock()
-	defer s.grantMu.Unlock()
-	_, ok := s.grantsOK[grantKey(g)]
-	return ok
+	k, ok := grantKey(g)
+	if !ok {
+		return false
+	}
+	s.grantMu.RLock()
+	v, found := s.grantsOK[k]
+	s.grantMu.RUnlock()
+	// The signature maps to the fields it was verified with; a valid
+	// signature with other fields must not pass.
+	return found && v.account == g.Account && v.gateway == g.Gateway && v.expires == g.ExpiresMs
 }
 
 func (s *Settlement) grantOK(g *p2p.Grant) {
+	k, ok := grantKey(g)
+	if !ok {
+		return
+	}
 	s.grantMu.Lock()
 	defer s.grantMu.Unlock()
 	if s.grantsOK == nil || len(s.grantsOK) >= maxVerifiedGrants {
-		s.grantsOK = map[[32]byte]struct{}{}
+		s.grantsOK = map[[64]byte]grantFields{}
 	}
-	s.grantsOK[grantKey(g)] = struct{}{}
+	s.grantsOK[k] = grantFields{g.Account, g.Gateway, g.ExpiresMs}
 }
 
-func grantKey(g *p2p.Grant) [32]byte {
-	return sha256.Sum256(fmt.Appendf(nil, "%s\n%s\n%d\n%x", g.Account, g.Gateway, g.ExpiresMs, g.Sig))
+type grantFields struct {
+	account, gateway string
+	expires          int64
+}
+
+// grantKey is an Ed25519 grant signature as a map key.
+func grantKey(g *p2p.Grant) ([64]byte, bool) {
+	if len(g.Sig) != 64 {
+		return [64]byte{}, false
+	}
+	return [64]byte(g.Sig), true
 }
 
 func isSystemAccount(id string) bool {

@@ -89,8 +89,8 @@ type Settlement struct {
 	demand   demand
 	bmu      sync.RWMutex
 	bounties *bountyState
-	grantMu  sync.Mutex
-	grantsOK map[[32]byte]struct{}
+	grantMu  sync.RWMutex
+	grantsOK map[[64]byte]grantFields // grant signatures already verified
 	reg      *prometheus.Registry
 	metrics  metrics
 }
