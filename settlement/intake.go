@@ -243,7 +243,7 @@ func (s *Settlement) check(from peer.ID, fromID string, r *p2p.Receipt, sg signe
 
 // committers is how many batches may be in the ledger at once: while one
 // waits for its fsync the next is applied, and they share syncs.
-const committers = 2
+const committers = 3
 
 // run commits receipts until ctx ends.
 func (in *intake) run(ctx context.Context) {
