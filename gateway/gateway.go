@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"log/slog"
 	"net"
 	"net/http"
@@ -242,18 +243,11 @@ func (g *Gateway) fetchPrices(ctx context.Context) error {
 }
 
 func (g *Gateway) keepPrices(ctx context.Context) {
-	t := time.NewTicker(g.cfg.PriceRefresh)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := g.fetchPrices(ctx); err != nil && ctx.Err() == nil {
-				g.log.Warn("price table not refreshed", "err", err)
-			}
+	tick.Every(ctx, g.cfg.PriceRefresh, func(time.Time) {
+		if err := g.fetchPrices(ctx); err != nil && ctx.Err() == nil {
+			g.log.Warn("price table not refreshed", "err", err)
 		}
-	}
+	})
 }
 
 func (g *Gateway) price(model string) economy.Price {

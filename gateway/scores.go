@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"sync"
 	"time"
 
@@ -98,23 +99,19 @@ func (o *outcomes) take() ([]p2p.OutcomeReport, map[string]uint32) {
 
 // reportLoop sends what it gathered every interval until ctx ends.
 func (g *Gateway) reportLoop(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		reports, unserved := g.outcomes.take()
-		if len(reports) == 0 && len(unserved) == 0 {
-			continue
-		}
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := g.cfg.Host.CallSettle(cctx, g.cfg.Platform, &p2p.SettleRequest{Op: p2p.OpReport, Reports: reports, Unserved: unserved})
-		cancel()
-		if err != nil {
-			g.log.Warn("could not report outcomes to settlement", "err", err)
-		}
+	tick.Every(ctx, every, func(time.Time) { g.report(ctx) })
+}
+
+// report sends what was gathered since the last report.
+func (g *Gateway) report(ctx context.Context) {
+	reports, unserved := g.outcomes.take()
+	if len(reports) == 0 && len(unserved) == 0 {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err := g.cfg.Host.CallSettle(cctx, g.cfg.Platform, &p2p.SettleRequest{Op: p2p.OpReport, Reports: reports, Unserved: unserved})
+	cancel()
+	if err != nil {
+		g.log.Warn("could not report outcomes to settlement", "err", err)
 	}
 }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"math"
 	"math/rand/v2"
 	"sort"
@@ -331,16 +332,7 @@ func (v *View) follow(ctx context.Context, h *p2p.Host, sub *pubsub.Subscription
 
 // expireLoop drops silent nodes every interval until ctx ends.
 func (v *View) expireLoop(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			v.expire()
-		}
-	}
+	tick.Every(ctx, every, func(time.Time) { v.expire() })
 }
 
 // watchConnections takes a node out of the candidates as soon as this

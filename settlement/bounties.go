@@ -3,6 +3,7 @@ package settlement
 import (
 	"context"
 	"encoding/json"
+	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"net/http"
 	"sync"
 	"time"
@@ -123,16 +124,7 @@ func (s *Settlement) underSupply(model string) float64 {
 
 func (s *Settlement) bountyLoop(ctx context.Context, every time.Duration) {
 	s.refreshBounties(time.Now())
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			s.refreshBounties(now)
-		}
-	}
+	tick.Every(ctx, every, s.refreshBounties)
 }
 
 // getBounties is GET /v1/bounties: every under-supplied model, the payout

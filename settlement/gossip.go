@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"sync"
 	"time"
 
@@ -135,19 +136,11 @@ func (s *Settlement) probeLoop(ctx context.Context) {
 }
 
 func (s *Settlement) saveLoop(ctx context.Context, path string) {
-	t := time.NewTicker(s.cfg.Reputation.SaveEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			if err := s.rep.Save(path); err != nil {
-				s.log.Error("save health window", "err", err)
-			}
-			return
-		case <-t.C:
-			if err := s.rep.Save(path); err != nil {
-				s.log.Error("save health window", "err", err)
-			}
+	save := func(time.Time) {
+		if err := s.rep.Save(path); err != nil {
+			s.log.Error("save health window", "err", err)
 		}
 	}
+	tick.Every(ctx, s.cfg.Reputation.SaveEvery, save)
+	save(time.Now()) // and once more on the way out
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -107,18 +108,11 @@ func (s *Settlement) release(remote peer.ID, req *p2p.SettleRequest) *p2p.Settle
 // expireLoop voids expired holds every interval until ctx ends, so a
 // vanished gateway's reservations return to their accounts.
 func (s *Settlement) expireLoop(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			if n, err := s.led.ExpireHolds(now); err != nil {
-				s.log.Error("expire holds", "err", err)
-			} else if n > 0 {
-				s.log.Info("expired holds returned to their accounts", "holds", n)
-			}
+	tick.Every(ctx, every, func(now time.Time) {
+		if n, err := s.led.ExpireHolds(now); err != nil {
+			s.log.Error("expire holds", "err", err)
+		} else if n > 0 {
+			s.log.Info("expired holds returned to their accounts", "holds", n)
 		}
-	}
+	})
 }
