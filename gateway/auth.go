@@ -4,12 +4,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
-	"golang.org/x/sync/singleflight"
 	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/tokenrouter/tokenrouter/p2p"
+	"golang.org/x/sync/singleflight"
 )
 
 // staleAuth is how long a confirmed key keeps working while settlement is

@@ -2,12 +2,12 @@ package gateway
 
 import (
 	"context"
-	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/tokenrouter/tokenrouter/gateway/route"
+	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"github.com/tokenrouter/tokenrouter/p2p"
 )
 

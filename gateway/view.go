@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"math"
 	"math/rand/v2"
 	"sort"
@@ -16,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/multiformats/go-multiaddr"
 	"github.com/tokenrouter/tokenrouter/gateway/route"
+	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"github.com/tokenrouter/tokenrouter/nodecore"
 	"github.com/tokenrouter/tokenrouter/p2p"
 )

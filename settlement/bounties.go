@@ -3,11 +3,11 @@ package settlement
 import (
 	"context"
 	"encoding/json"
-	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"net/http"
 	"sync"
 	"time"
 
+	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"github.com/tokenrouter/tokenrouter/settlement/economy"
 	"github.com/tokenrouter/tokenrouter/settlement/ledger"
 )

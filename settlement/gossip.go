@@ -4,12 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"sync"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"github.com/tokenrouter/tokenrouter/nodecore"
 	"github.com/tokenrouter/tokenrouter/p2p"
 )

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"github.com/tokenrouter/tokenrouter/p2p"
 	"github.com/tokenrouter/tokenrouter/settlement/ledger"
 )
