@@ -70,9 +70,12 @@ func newCreditLines(h *p2p.Host, platform peer.ID, cfg CreditConfig) *creditLine
 
 // estimate is a call's worst-case cost: every request byte a prompt token
 // (what billing caps input at) and the full completion length asked for.
-func (cl *creditLines) estimate(price economy.Price, body []byte, meta openai.Meta) int64 {
+func (cl *creditLines) estimate(price economy.Price, body []byte, meta openai.Meta, embeddings bool) int64 {
 	out := meta.MaxTokens
-	if out <= 0 {
+	switch {
+	case embeddings:
+		out = 0 // billed on input tokens only
+	case out <= 0:
 		out = cl.cfg.MaxEstimated
 	}
 	return economy.Cost(price, int64(len(body)), out*max(meta.N, 1))

@@ -85,7 +85,7 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, r
 			fmt.Sprintf("the model %q has no live instance on the network", meta.Model))
 	}
 	// Reserve the call's worst-case cost on the account's credit line.
-	reserved := g.credit.estimate(g.price(meta.Model), body, meta)
+	reserved := g.credit.estimate(g.price(meta.Model), body, meta, path == "/embeddings")
 	hold, err := g.credit.reserve(r.Context(), key, au.account, reserved)
 	switch {
 	case errors.Is(err, errNoCredit):
