@@ -88,6 +88,8 @@ type AccountInfo struct {
 	SpentUcr       int64  `json:"spent_ucr"`
 	Calls          int64  `json:"calls"`
 	StartingCredit int64  `json:"starting_credit_ucr"`
+	HeldUcr        int64  `json:"held_ucr"`      // reserved by gateways' credit lines for calls in progress
+	AvailableUcr   int64  `json:"available_ucr"` // balance not held
 	// Display strings, in credits (1 credit = 1,000,000 µcr).
 	Balance string `json:"balance"`
 	Earned  string `json:"earned"`

@@ -186,6 +186,8 @@ func accountInfo(a ledger.AccountState) *p2p.AccountInfo {
 		SpentUcr:       a.Spent,
 		Calls:          a.Calls,
 		StartingCredit: a.StartingCredit,
+		HeldUcr:        a.Held,
+		AvailableUcr:   a.Available(),
 		Balance:        economy.FormatCredits(a.Balance),
 		Earned:         economy.FormatCredits(a.Earned),
 		Spent:          economy.FormatCredits(a.Spent),
