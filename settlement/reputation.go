@@ -60,8 +60,8 @@ type Reputation struct {
 	cfg ReputationConfig
 
 	mu        sync.Mutex
-	instances map[string]*repInstance // key: node + "/" + model
-	nodes     map[string]int          // instances per node
+	instances map[string]*repInstance   // key: node + "/" + model
+	nodes     map[string][]*repInstance // each node's instances
 }
 
 type repInstance struct {
@@ -76,7 +76,7 @@ type repInstance struct {
 
 // NewReputation returns an empty reputation.
 func NewReputation(cfg ReputationConfig) *Reputation {
-	return &Reputation{cfg: cfg, instances: map[string]*repInstance{}, nodes: map[string]int{}}
+	return &Reputation{cfg: cfg, instances: map[string]*repInstance{}, nodes: map[string][]*repInstance{}}
 }
 
 func (r *Reputation) instance(node, model string, now time.Time) (*repInstance, bool) {
@@ -85,7 +85,7 @@ func (r *Reputation) instance(node, model string, now time.Time) (*repInstance, 
 	if in == nil {
 		in = &repInstance{Node: node, Model: model, Window: nodecore.NewHealthWindow(r.cfg.Health, now)}
 		r.instances[k] = in
-		r.nodes[node]++
+		r.nodes[node] = append(r.nodes[node], in)
 		return in, true
 	}
 	return in, false
@@ -96,11 +96,15 @@ func (r *Reputation) instance(node, model string, now time.Time) (*repInstance, 
 func (r *Reputation) Announced(a *p2p.Announcement, now time.Time) (fresh bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	known := r.nodeKnown(a.Node)
-	for _, m := range a.Models {
+	// Judge switches against what the node served before this announcement.
+	switched := make([]bool, len(a.Models))
+	for i, m := range a.Models {
+		switched[i] = r.takesUp(a.Node, m.Model, now)
+	}
+	for i, m := range a.Models {
 		in, isNew := r.instance(a.Node, m.Model, now)
 		fresh = fresh || isNew
-		if isNew && known {
+		if switched[i] {
 			in.SwitchedAt = now // a model switch: its payouts are cut for a while
 		}
 		if gap := now.Sub(in.LastSeen); !isNew && gap > 0 && gap <= r.cfg.OnlineGap {
@@ -112,8 +116,23 @@ func (r *Reputation) Announced(a *p2p.Announcement, now time.Time) (fresh bool) 
 	return fresh
 }
 
-// nodeKnown reports whether a node has announced any model before.
-func (r *Reputation) nodeKnown(node string) bool { return r.nodes[node] > 0 }
+// takesUp reports whether announcing model now is a model switch: the node
+// is known, is not serving this model at the moment, and served another
+// model more recently than this one (a new model, one taken up again, or
+// one it returns with after serving others). A node's first announcement,
+// and one coming back with the model it last served, are not switches.
+func (r *Reputation) takesUp(node, model string, now time.Time) bool {
+	var this, other time.Time
+	for _, in := range r.nodes[node] {
+		if in.Model == model {
+			this = in.LastSeen
+		} else if in.LastSeen.After(other) {
+			other = in.LastSeen
+		}
+	}
+	servingThis := !this.IsZero() && now.Sub(this) <= r.cfg.LiveFor
+	return len(r.nodes[node]) > 0 && !servingThis && (this.IsZero() || other.After(this))
+}
 
 // Standing is what payouts need to know of an instance at now.
 type Standing struct {
@@ -248,9 +267,9 @@ func (r *Reputation) Load(path string) error {
 			delete(m, k) // a damaged entry: the instance starts afresh
 		}
 	}
-	nodes := map[string]int{}
+	nodes := map[string][]*repInstance{}
 	for _, in := range m {
-		nodes[in.Node]++
+		nodes[in.Node] = append(nodes[in.Node], in)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
