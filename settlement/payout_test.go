@@ -612,9 +612,7 @@ func TestPayoutAntiFlappingSwitchBack(t *testing.T) {
 	after := f.balances(t)
 	got := after[operator] - before[operator]
 	if got != 1200 {
-		t.Skipf("BUG: Reputation.Announced sets SwitchedAt only for a model the node never announced before "+
-			"(isNew && known), so switching back to a previously served model is not a switch: "+
-			"operator paid %d on A right after switching back from B, want 1200 (0.5 x 2400); SwitchedAt on A = %v", got, st.SwitchedAt)
+		t.Fatalf("switching back to a model served before must be cut: operator paid %d on A right after switching back from B, want 1200 (0.5 x 2400); SwitchedAt on A = %v", got, st.SwitchedAt)
 	}
 	f.wantMoved(t, before, consumer, operator, economy.Legs{Consumer: 3000, ToProvider: 1200, ToPlatform: 1800, PlatformToPool: 150}, 1)
 }
