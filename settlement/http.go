@@ -2,6 +2,7 @@ package settlement
 
 import (
 	"fmt"
+	"sort"
 	"strconv"
 
 	"encoding/json"
@@ -23,6 +24,8 @@ func (s *Settlement) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/account", s.getAccount)
 	mux.HandleFunc("GET /v1/account/transactions", s.getTransactions)
 	mux.HandleFunc("GET /v1/bounties", s.getBounties)
+	mux.HandleFunc("GET /v1/nodes", s.getNodes)
+	mux.HandleFunc("GET /v1/network", s.getNetwork)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write([]byte(`{"status":"ok","role":"settle"}` + "\n"))
@@ -122,4 +125,78 @@ func (s *Settlement) getTransactions(w http.ResponseWriter, r *http.Request) {
 		HasMore    bool              `json:"has_more"`
 		NextCursor string            `json:"next_cursor,omitempty"`
 	}{"list", account, txs, next != "", next})
+}
+
+// keyAccount resolves the bearer key, writing the error itself when it fails.
+func (s *Settlement) keyAccount(w http.ResponseWriter, r *http.Request) (string, bool) {
+	key, ok := openai.BearerKey(r)
+	if !ok {
+		openai.WriteError(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "missing API key: send Authorization: Bearer <key>")
+		return "", false
+	}
+	account, err := s.led.AccountByKey(key)
+	if err != nil {
+		openai.WriteError(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "invalid API key")
+		return "", false
+	}
+	return account, true
+}
+
+// nodeView is one of an account's nodes as the platform sees it.
+type nodeView struct {
+	Node      string              `json:"node"`
+	Instances []p2p.InstanceScore `json:"instances"` // live ones: health score and ramp-up per model
+}
+
+// getNodes is GET /v1/nodes: the nodes linked to the caller's account.
+func (s *Settlement) getNodes(w http.ResponseWriter, r *http.Request) {
+	account, ok := s.keyAccount(w, r)
+	if !ok {
+		return
+	}
+	scores := s.rep.Scores(time.Now())
+	out := []nodeView{}
+	for _, n := range s.led.Nodes(account) {
+		v := nodeView{Node: n, Instances: []p2p.InstanceScore{}}
+		for _, sc := range scores {
+			if sc.Node == n {
+				v.Instances = append(v.Instances, sc)
+			}
+		}
+		out = append(out, v)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(struct {
+		Object  string     `json:"object"`
+		Account string     `json:"account"`
+		Data    []nodeView `json:"data"`
+	}{"list", account, out})
+}
+
+// modelView is one model of the network view.
+type modelView struct {
+	Model       string  `json:"model"`
+	Instances   int     `json:"instances"`
+	Capacity    int     `json:"capacity"`
+	InFlight    int     `json:"in_flight"`
+	Unserved    float64 `json:"unserved_per_minute"`
+	UnderSupply float64 `json:"under_supply"`
+}
+
+// getNetwork is GET /v1/network: every model's live supply and demand.
+// It holds nothing private: the same facts travel in gossip.
+func (s *Settlement) getNetwork(w http.ResponseWriter, _ *http.Request) {
+	now := time.Now()
+	unserved := s.demand.perMinute(now)
+	out := []modelView{}
+	for model, sp := range s.rep.Supply(now) {
+		out = append(out, modelView{Model: model, Instances: sp.Instances, Capacity: sp.Capacity, InFlight: sp.InFlight,
+			Unserved: unserved[model], UnderSupply: s.underSupply(model)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Model < out[j].Model })
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(struct {
+		Object string      `json:"object"`
+		Data   []modelView `json:"data"`
+	}{"list", out})
 }

@@ -330,10 +330,10 @@ func TestOtherEndpoints(t *testing.T) {
 		NextCursor string `json:"next_cursor"`
 	}
 	var page txPage
-	getSettle := func(path string, out any) {
+	getSettleAs := func(key, path string, out any) {
 		t.Helper()
 		req, _ := http.NewRequest(http.MethodGet, m.SettleURL+path, nil)
-		req.Header.Set("Authorization", "Bearer "+m.DemoKey)
+		req.Header.Set("Authorization", "Bearer "+key)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -345,6 +345,7 @@ func TestOtherEndpoints(t *testing.T) {
 		}
 		json.NewDecoder(resp.Body).Decode(out)
 	}
+	getSettle := func(path string, out any) { t.Helper(); getSettleAs(m.DemoKey, path, out) }
 	getSettle("/v1/account/transactions?limit=2", &page)
 	if page.Object != "list" || len(page.Data) != 2 || !page.HasMore || page.NextCursor == "" {
 		t.Fatalf("first page: %+v", page)
@@ -368,6 +369,28 @@ func TestOtherEndpoints(t *testing.T) {
 		Data    []json.RawMessage `json:"data"`
 	}
 	getSettle("/v1/bounties", &bounties)
+
+	var network struct {
+		Data []struct {
+			Model     string `json:"model"`
+			Instances int    `json:"instances"`
+			Capacity  int    `json:"capacity"`
+		} `json:"data"`
+	}
+	getSettle("/v1/network", &network)
+
+	var nodes struct {
+		Data []struct {
+			Node string `json:"node"`
+		} `json:"data"`
+	}
+	getSettleAs(m.OperatorKey, "/v1/nodes", &nodes)
+	if len(nodes.Data) != 1 || nodes.Data[0].Node != m.NodeIDs[0] {
+		t.Fatalf("the operator's nodes: %+v", nodes)
+	}
+	if len(network.Data) != 1 || network.Data[0].Model != "synthetic-1" || network.Data[0].Instances != 1 || network.Data[0].Capacity <= 0 {
+		t.Fatalf("network view: %+v", network)
+	}
 	if bounties.Object != "list" || bounties.PoolUcr <= 0 || bounties.Data == nil {
 		t.Fatalf("bounties: %+v (the pool is funded from the platform's share of every call)", bounties)
 	}
