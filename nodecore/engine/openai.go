@@ -101,8 +101,9 @@ type chatChoice struct {
 }
 
 type chatMessage struct {
-	Role    string `json:"role"`
-	Content string `json:"content"`
+	Role    string  `json:"role"`
+	Content string  `json:"content"`
+	Refusal *string `json:"refusal"` // always null: the synthetic engine refuses nothing (OpenAI's schema requires the field)
 }
 
 type chatChunk struct {
