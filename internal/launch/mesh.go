@@ -48,10 +48,12 @@ type Mesh struct {
 	DemoKey       string // API key of a consumer account
 	DemoID        string
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	errMu  sync.Mutex
-	errs   []error
+	cancel   context.CancelFunc
+	gwCancel context.CancelFunc // the gateway stops first, so its receipts reach a settlement peer still up
+	gwDone   chan struct{}
+	wg       sync.WaitGroup
+	errMu    sync.Mutex
+	errs     []error
 }
 
 // AccountResponse is POST /v1/accounts's answer.
@@ -178,8 +180,11 @@ func StartMesh(parent context.Context, o MeshOptions) (*Mesh, error) {
 	}
 
 	gdir := filepath.Join(o.Dir, "gateway")
+	gwCtx, gwCancel := context.WithCancel(ctx)
+	m.gwCancel, m.gwDone = gwCancel, make(chan struct{})
 	m.run("gateway", func() error {
-		return Gateway(ctx, GatewayOptions{
+		defer close(m.gwDone)
+		return Gateway(gwCtx, GatewayOptions{
 			Common:   Common{Data: gdir, Listen: loopback, Bootstrap: boot, Logger: log.With("role", "gateway")},
 			Platform: m.PlatformID, HTTP: o.GatewayAddr,
 		})
@@ -231,6 +236,10 @@ func (m *Mesh) waitReady(dir string, d time.Duration) error {
 
 // Stop stops every role and waits for them; it returns what they failed with.
 func (m *Mesh) Stop() error {
+	if m.gwCancel != nil {
+		m.gwCancel()
+		<-m.gwDone
+	}
 	m.cancel()
 	m.wg.Wait()
 	return m.Err()
