@@ -5,7 +5,7 @@ GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN := bin/tokenrouter
 export GOFLAGS ?= -mod=mod
 
-.PHONY: all build test demo bench vet fmt clean
+.PHONY: all build test fuzz demo bench vet fmt clean
 
 all: build
 
@@ -16,6 +16,14 @@ build:
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m ./...
+	$(MAKE) fuzz
+
+# A short run of every fuzz target (longer: make fuzz FUZZTIME=5m).
+FUZZTIME ?= 5s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseMeta$$' -fuzztime $(FUZZTIME) ./internal/openai/
+	$(GO) test -run '^$$' -fuzz '^FuzzSSEReader$$' -fuzztime $(FUZZTIME) ./nodecore/engine/
+	$(GO) test -run '^$$' -fuzz '^FuzzReceiptBatchDecode$$' -fuzztime $(FUZZTIME) ./p2p/
 
 # The whole mesh on 127.0.0.1 (bootstrap, settlement, 3 synthetic nodes, a gateway).
 demo: build
