@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"sync"
 	"time"
 
@@ -97,7 +96,7 @@ func New(cfg Config) (*Node, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Hardware == "" {
-		cfg.Hardware = fmt.Sprintf("cpu %s/%s, %d cores", runtime.GOOS, runtime.GOARCH, runtime.NumCPU())
+		cfg.Hardware = DetectHardware()
 	}
 	return &Node{
 		cfg:     cfg,
