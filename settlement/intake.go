@@ -211,11 +211,11 @@ func (s *Settlement) check(from peer.ID, fromID string, r *p2p.Receipt, sg signe
 			return nil, err
 		}
 	}
-	price := s.cfg.Prices.For(r.Model)
-	if r.Price != price {
-		return nil, fmt.Errorf("%w: price %+v is not the table's %+v for %s", ErrReceiptRejected, r.Price, price, r.Model)
+	if r.Price != s.cfg.Prices.For(r.Model) && !s.prices.priced(r.Model, r.Price, time.UnixMilli(r.TimeMs)) {
+		return nil, fmt.Errorf("%w: price %+v is not the table's %+v for %s, nor one served when the call was made",
+			ErrReceiptRejected, r.Price, s.cfg.Prices.For(r.Model), r.Model)
 	}
-	cost := economy.Cost(price, r.PromptTokens, r.CompletionTokens)
+	cost := economy.Cost(r.Price, r.PromptTokens, r.CompletionTokens)
 	if r.CostUcr != cost {
 		return nil, fmt.Errorf("%w: cost %d, the table says %d", ErrReceiptRejected, r.CostUcr, cost)
 	}

@@ -26,6 +26,7 @@ type Config struct {
 	Host           *p2p.Host
 	Ledger         *ledger.Ledger
 	Prices         economy.PriceTable
+	PriceHistory   string               // file keeping the tables served within PriceGrace ("" = memory only)
 	HTTPAddr       string               // "" = no HTTP API
 	Terms          economy.Terms        // the split of every paid call (80/20) and the pool's funding
 	Flap           economy.FlapConfig   // the payout cut after a model switch
@@ -89,6 +90,7 @@ type Settlement struct {
 	demand   demand
 	bmu      sync.RWMutex
 	bounties *bountyState
+	prices   *priceHistory
 	grantMu  sync.RWMutex
 	grantsOK map[[64]byte]grantFields // grant signatures already verified
 	reg      *prometheus.Registry
@@ -114,6 +116,10 @@ func New(cfg Config) (*Settlement, error) {
 	}
 	s.metrics = newMetrics(s.reg)
 	s.intake = &intake{s: s, ch: make(chan *checked, maxCommitBatch)}
+	var err error
+	if s.prices, err = loadPriceHistory(cfg.PriceHistory, cfg.Prices, time.Now()); err != nil {
+		return nil, err
+	}
 	s.stopped = make(chan struct{})
 	if f := cfg.Reputation.SnapshotFile; f != "" {
 		if err := s.rep.Load(f); err != nil {

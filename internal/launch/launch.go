@@ -113,6 +113,7 @@ func Settle(ctx context.Context, o SettleOptions) error {
 		cfg.Reputation.ProbeEvery = o.ProbeEvery
 	}
 	cfg.Reputation.SnapshotFile = filepath.Join(o.Data, "health.json")
+	cfg.PriceHistory = filepath.Join(o.Data, "price-history.json")
 	cfg.HTTPAddr = o.HTTP
 	cfg.Logger = log
 	h, err := o.host(ctx, p2p.Config{})
