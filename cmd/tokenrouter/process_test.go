@@ -158,6 +158,19 @@ func TestRolesAsProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The node found out by itself that its engine is the synthetic one, and says so.
+	var models struct {
+		Data []struct {
+			Instances []struct {
+				Synthetic bool `json:"synthetic"`
+			} `json:"instances"`
+		} `json:"data"`
+	}
+	json.Unmarshal(getJSON(t, gwURL+"/v1/models", consumer.APIKey), &models)
+	if len(models.Data) != 1 || len(models.Data[0].Instances) != 1 || !models.Data[0].Instances[0].Synthetic {
+		t.Fatalf("the synthetic engine is not labelled synthetic: %+v", models)
+	}
+
 	body := `{"model":"tiny-synthetic","messages":[{"role":"user","content":"one paid call"}],"max_tokens":9}`
 	req, _ := http.NewRequest(http.MethodPost, gwURL+"/v1/chat/completions", strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+consumer.APIKey)

@@ -157,6 +157,9 @@ func (n *Node) discoverModels(ctx context.Context) error {
 			names := make([]string, len(ms))
 			for i, m := range ms {
 				names[i] = m.ID
+				if m.OwnedBy == "synthetic" {
+					n.cfg.Synthetic = true // the synthetic engine says so itself: label it wherever it shows
+				}
 			}
 			n.setModels(names)
 			return nil
