@@ -363,14 +363,7 @@ func TestPayoutNoSelfDealingBounty(t *testing.T) {
 	f := newFixture(t, nil)
 	key, consumer := f.signup(t)
 	f.register(t, key)
-	now := time.Now()
-	h := newHistory(t, f.node.ID().String())
-	h.serve(now.Add(-20*24*time.Hour), now, bountyModel)
-	h.load(f)
-	if got := f.tier(bountyModel); got != economy.TierTrusted {
-		t.Fatalf("test premise: tier %v, want trusted", got)
-	}
-	f.scarce(t, bountyModel)
+	f.trustedOnScarce(t)
 	f.fundPool(t, "fund-pool", 10_000_000)
 
 	r := f.receipt(t, consumer, "self-1", 1000, 1000)
@@ -407,14 +400,7 @@ func TestPayoutPoolNeverNegative(t *testing.T) {
 	_, consumer := f.signup(t)
 	opKey, operator := f.signup(t)
 	f.register(t, opKey)
-	now := time.Now()
-	h := newHistory(t, f.node.ID().String())
-	h.serve(now.Add(-20*24*time.Hour), now, bountyModel)
-	h.load(f)
-	if got := f.tier(bountyModel); got != economy.TierTrusted {
-		t.Fatalf("test premise: tier %v, want trusted", got)
-	}
-	f.scarce(t, bountyModel)
+	f.trustedOnScarce(t)
 	if p := f.account(t, ledger.AccountBountyPool); p.Balance != 0 {
 		t.Fatalf("test premise: pool = %d, want 0", p.Balance)
 	}
@@ -466,28 +452,18 @@ func TestPayoutPoolNeverNegative(t *testing.T) {
 	}
 }
 
-// receiptFor is fixture.receipt for another model.
-func (f *fixture) receiptFor(t *testing.T, model, consumer, reqID string, prompt, completion int64) *p2p.Receipt {
+// trustedOnScarce makes the fixture's node a trusted instance of
+// bountyModel (20 days served) and that model fully under-supplied.
+func (f *fixture) trustedOnScarce(t *testing.T) {
 	t.Helper()
-	claim := p2p.NodeClaim{
-		RequestID: reqID, Model: model, Node: f.node.ID().String(), Gateway: f.gw.ID().String(),
-		PromptTokens: prompt, CompletionTokens: completion,
+	now := time.Now()
+	h := newHistory(t, f.node.ID().String())
+	h.serve(now.Add(-20*24*time.Hour), now, bountyModel)
+	h.load(f)
+	if got := f.tier(bountyModel); got != economy.TierTrusted {
+		t.Fatalf("test premise: tier %v, want trusted", got)
 	}
-	sig, err := p2p.SignClaim(f.node.Key, claim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	price := f.prices.For(model)
-	r := &p2p.Receipt{
-		RequestID: reqID, Model: model, Consumer: consumer, Node: claim.Node, Gateway: claim.Gateway,
-		PromptTokens: prompt, CompletionTokens: completion,
-		Price: price, CostUcr: economy.Cost(price, prompt, completion),
-		TimeMs: time.Now().UnixMilli(), Claim: claim, NodeSig: sig, Grant: f.grant(t, f.gw, consumer),
-	}
-	if err := r.Sign(f.gw.Key); err != nil {
-		t.Fatal(err)
-	}
-	return r
+	f.scarce(t, bountyModel)
 }
 
 // TestPayoutPoolRaceCapped: a pool holding less than a batch of bounties
@@ -498,14 +474,7 @@ func TestPayoutPoolRaceCapped(t *testing.T) {
 	_, consumer := f.signup(t)
 	opKey, operator := f.signup(t)
 	f.register(t, opKey)
-	now := time.Now()
-	h := newHistory(t, f.node.ID().String())
-	h.serve(now.Add(-20*24*time.Hour), now, bountyModel)
-	h.load(f)
-	if got := f.tier(bountyModel); got != economy.TierTrusted {
-		t.Fatalf("test premise: tier %v, want trusted", got)
-	}
-	f.scarce(t, bountyModel)
+	f.trustedOnScarce(t)
 	const held = 5000 // two full 2400 bonuses and change
 	f.fundPool(t, "fund-5000", held)
 
@@ -549,11 +518,7 @@ func TestPayoutSelfDealingMixedBatch(t *testing.T) {
 	key, owner := f.signup(t)
 	_, other := f.signup(t)
 	f.register(t, key)
-	now := time.Now()
-	h := newHistory(t, f.node.ID().String())
-	h.serve(now.Add(-20*24*time.Hour), now, bountyModel)
-	h.load(f)
-	f.scarce(t, bountyModel)
+	f.trustedOnScarce(t)
 	f.fundPool(t, "fund-pool", 10_000_000)
 
 	var rs []*p2p.Receipt

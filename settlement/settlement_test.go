@@ -247,12 +247,19 @@ func (f *fixture) register(t *testing.T, apiKey string) {
 	}
 }
 
-// receipt builds a receipt for a call the fixture's node served through its
-// gateway: the claim signed by the node's key, the receipt by the gateway's,
-// priced from the settlement peer's table.
+// receipt builds a receipt for a call of llama-3-8b the fixture's node
+// served through its gateway (see receiptFor).
 func (f *fixture) receipt(t *testing.T, consumer, reqID string, prompt, completion int64) *p2p.Receipt {
 	t.Helper()
-	const model = "llama-3-8b"
+	return f.receiptFor(t, "llama-3-8b", consumer, reqID, prompt, completion)
+}
+
+// receiptFor builds a receipt for a call of model the fixture's node served
+// through its gateway: the claim signed by the node's key, the receipt by
+// the gateway's, priced from the settlement peer's table, with the grant
+// the gateway gets by presenting the consumer's key.
+func (f *fixture) receiptFor(t *testing.T, model, consumer, reqID string, prompt, completion int64) *p2p.Receipt {
+	t.Helper()
 	claim := p2p.NodeClaim{
 		RequestID: reqID, Model: model, Node: f.node.ID().String(), Gateway: f.gw.ID().String(),
 		PromptTokens: prompt, CompletionTokens: completion,

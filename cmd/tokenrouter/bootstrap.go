@@ -15,13 +15,7 @@ peers are, relays for peers behind NAT (circuit relay v2), answers AutoNAT
 dial-backs and carries gossip between peers that know only it.`,
 		Example: "  tokenrouter bootstrap --data D --listen /ip4/0.0.0.0/tcp/4001",
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := p.common(g)
-			if err != nil {
-				return err
-			}
-			return launch.Bootstrap(cmd.Context(), c)
-		},
+		RunE:    p.runE(g, launch.Bootstrap),
 	}
 	p.register(cmd, "bootstrap", []string{"/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"})
 	return cmd

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+
 	"github.com/spf13/cobra"
 	"github.com/tokenrouter/tokenrouter/internal/launch"
 )
@@ -25,4 +27,16 @@ func (p *p2pFlags) common(g *globals) (launch.Common, error) {
 		return launch.Common{}, err
 	}
 	return launch.Common{Data: p.data, Listen: p.listen, Bootstrap: p.bootstrap, Logger: log}, nil
+}
+
+// runE is the RunE of a libp2p role: build the common options from the
+// flags, then start the role with them.
+func (p *p2pFlags) runE(g *globals, start func(ctx context.Context, c launch.Common) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		c, err := p.common(g)
+		if err != nil {
+			return err
+		}
+		return start(cmd.Context(), c)
+	}
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+
 	"github.com/spf13/cobra"
 	"github.com/tokenrouter/tokenrouter/internal/launch"
 	"github.com/tokenrouter/tokenrouter/p2p"
@@ -17,14 +19,10 @@ func newGatewayCmd(g *globals) *cobra.Command {
 call to the least-loaded live node and bills it through the settlement peer.`,
 		Example: "  tokenrouter gateway --data D --bootstrap MADDR --platform ID --http 127.0.0.1:8080",
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := p.common(g)
-			if err != nil {
-				return err
-			}
+		RunE: p.runE(g, func(ctx context.Context, c launch.Common) error {
 			o.Common = c
-			return launch.Gateway(cmd.Context(), o)
-		},
+			return launch.Gateway(ctx, o)
+		}),
 	}
 	p.register(cmd, "gateway", p2p.DefaultListen)
 	f := cmd.Flags()

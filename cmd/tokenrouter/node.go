@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+
 	"github.com/spf13/cobra"
 	"github.com/tokenrouter/tokenrouter/internal/launch"
 	"github.com/tokenrouter/tokenrouter/p2p"
@@ -21,14 +23,10 @@ Prefer TOKENROUTER_ACCOUNT_KEY to --account-key: command lines are visible to
 other users of the machine.`,
 		Example: "  tokenrouter node --data D --bootstrap MADDR --platform ID --upstream http://127.0.0.1:11434/v1 --account-key KEY",
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := p.common(g)
-			if err != nil {
-				return err
-			}
+		RunE: p.runE(g, func(ctx context.Context, c launch.Common) error {
 			o.Common = c
-			return launch.Node(cmd.Context(), o)
-		},
+			return launch.Node(ctx, o)
+		}),
 	}
 	p.register(cmd, "node", p2p.DefaultListen)
 	f := cmd.Flags()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,14 +21,10 @@ GET /v1/account, checks API keys for gateways, links nodes to accounts and
 commits every paid call's split from the receipts gateways send.`,
 		Example: "  tokenrouter settle --data D --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --http 127.0.0.1:8090",
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := p.common(g)
-			if err != nil {
-				return err
-			}
+		RunE: p.runE(g, func(ctx context.Context, c launch.Common) error {
 			o.Common = c
-			return launch.Settle(cmd.Context(), o)
-		},
+			return launch.Settle(ctx, o)
+		}),
 	}
 	p.register(cmd, "settle", p2p.DefaultListen)
 	f := cmd.Flags()
