@@ -62,6 +62,7 @@ type Reputation struct {
 	mu        sync.Mutex
 	instances map[string]*repInstance   // key: node + "/" + model
 	nodes     map[string][]*repInstance // each node's instances
+	models    map[string]int            // instances per model, ever seen
 }
 
 type repInstance struct {
@@ -76,7 +77,7 @@ type repInstance struct {
 
 // NewReputation returns an empty reputation.
 func NewReputation(cfg ReputationConfig) *Reputation {
-	return &Reputation{cfg: cfg, instances: map[string]*repInstance{}, nodes: map[string][]*repInstance{}}
+	return &Reputation{cfg: cfg, instances: map[string]*repInstance{}, nodes: map[string][]*repInstance{}, models: map[string]int{}}
 }
 
 func (r *Reputation) instance(node, model string, now time.Time) (*repInstance, bool) {
@@ -86,6 +87,7 @@ func (r *Reputation) instance(node, model string, now time.Time) (*repInstance, 
 		in = &repInstance{Node: node, Model: model, Window: nodecore.NewHealthWindow(r.cfg.Health, now)}
 		r.instances[k] = in
 		r.nodes[node] = append(r.nodes[node], in)
+		r.models[model]++
 		return in, true
 	}
 	return in, false
@@ -160,12 +162,7 @@ func (r *Reputation) Standing(node, model string, now time.Time) Standing {
 func (r *Reputation) knowsModel(model string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, in := range r.instances {
-		if in.Model == model {
-			return true
-		}
-	}
-	return false
+	return r.models[model] > 0
 }
 
 // ModelSupply is the live capacity and load of one model.
@@ -267,12 +264,13 @@ func (r *Reputation) Load(path string) error {
 			delete(m, k) // a damaged entry: the instance starts afresh
 		}
 	}
-	nodes := map[string][]*repInstance{}
+	nodes, models := map[string][]*repInstance{}, map[string]int{}
 	for _, in := range m {
 		nodes[in.Node] = append(nodes[in.Node], in)
+		models[in.Model]++
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.instances, r.nodes = m, nodes
+	r.instances, r.nodes, r.models = m, nodes, models
 	return nil
 }
