@@ -17,22 +17,29 @@
 //
 // The upstream adapter ([Upstream]) is how a node talks to any
 // OpenAI-compatible engine: Ollama, llama.cpp llama-server, vLLM, LM Studio,
-// a cloud provider, or the synthetic engine. The node passes the client's
-// body through untouched except that streamed requests always ask for usage
-// ([WithUsage]), reads the stream with [SSEReader], and pulls the usage and
-// the first generated text out of each chunk with [ChunkUsage] and
-// [ChunkHasContent].
+// MLX servers, a cloud provider, or the synthetic engine. The node passes
+// the client's body through untouched except that streamed requests always
+// ask for usage ([WithUsage]) and the model is named as the engine names it
+// ([WithModel], [CanonicalModel]). It reads the answer with [Stream], which
+// copes with each engine's wire quirks (keep-alive comments, `data:` without
+// a space, \r\n, llama.cpp's usage on the last content chunk, streams that
+// end without [DONE] after a finish_reason), turns an in-stream failure
+// (vLLM's {"object":"error"}, a top-level "error") into an [*APIError]
+// instead of a chunk, fills the "id", "object", "created" and "model" a
+// chunk lacks ([Filler]) without re-encoding chunks that have them, and
+// counts the output ([Tally]). When the engine reports no usage the node
+// estimates it with [EstimateUsage]. Package enginetest serves test engines
+// with each real engine's quirks.
 //
 //	up := &engine.Upstream{BaseURL: "http://127.0.0.1:11434/v1"}
 //	resp, err := up.Do(ctx, "/chat/completions", body)
 //	if err != nil { ... }
 //	defer resp.Body.Close()
-//	r := engine.NewSSEReader(resp.Body)
+//	s := engine.NewStream(resp.Body, engine.FillerFor("/chat/completions", true, id, model, now))
 //	for {
-//		data, err := r.Next()
-//		if err != nil { break } // io.EOF at the end
-//		if string(data) == "[DONE]" { break }
-//		if u := engine.ChunkUsage(data); u != nil { ... }
-//		forward(data)
+//		chunk, hasUsage, err := s.Next()
+//		if err != nil { break } // io.EOF at the end, an *APIError if the engine failed
+//		forward(chunk, hasUsage)
 //	}
+//	if !s.Complete() { ... } // broke off
 package engine

@@ -15,14 +15,22 @@ const MaxSSELine = 4 << 20
 var ErrSSELineTooLong = errors.New("engine: event-stream line too long")
 
 // SSEReader reads `data:` payloads from a text/event-stream. It ignores
-// comments (lines starting with ':'), `event:`/`id:`/`retry:` and unknown
-// fields, joins multi-line data with "\n", and tolerates \r\n line endings.
-// An event still open at the end of the stream is returned rather than
-// dropped, to tolerate engines that omit the final blank line.
+// comments (lines starting with ':', such as the `: ping` and `: keep-alive`
+// lines cloud APIs send between chunks), `id:`/`retry:` and unknown fields,
+// joins multi-line data with "\n", and tolerates `data:` without a space and
+// \r\n line endings. An event still open at the end of the stream is
+// returned rather than dropped, to tolerate engines that omit the final
+// blank line.
+//
+// An `error:` field (older llama.cpp servers report a failure mid-stream as
+// `error: {"code":500,"message":..}`) is read like `data:`, and marks the
+// event as an error: [SSEReader.Event] then returns "error", as it does for
+// an event named by `event: error`.
 type SSEReader struct {
 	r     *bufio.Reader
 	line  []byte // accumulates a line longer than the bufio buffer
 	data  []byte // data of the event being read
+	event string // the event's type: its `event:` field, or "error"
 	has   bool   // a data field has been seen in the current event
 	first bool   // the next line is the first of the stream (may carry a BOM)
 	err   error  // sticky read error
@@ -40,6 +48,7 @@ func NewSSEReader(r io.Reader) *SSEReader {
 func (s *SSEReader) Next() ([]byte, error) {
 	s.data = s.data[:0]
 	s.has = false
+	s.event = ""
 	for {
 		if s.err != nil {
 			if s.has && s.err == io.EOF {
@@ -59,11 +68,17 @@ func (s *SSEReader) Next() ([]byte, error) {
 			if s.has {
 				return s.data, nil
 			}
+			s.event = "" // an event without data (`event: ping`) is dropped whole
 			continue
 		}
 		s.field(line)
 	}
 }
+
+// Event returns the type of the event Next last returned: "" for a plain
+// data event, the value of its `event:` field, or "error" when it carried an
+// `error:` field.
+func (s *SSEReader) Event() string { return s.event }
 
 // field applies one non-empty line to the event being read.
 func (s *SSEReader) field(line []byte) {
@@ -74,8 +89,17 @@ func (s *SSEReader) field(line []byte) {
 	if found && len(value) > 0 && value[0] == ' ' {
 		value = value[1:]
 	}
-	if string(name) != "data" {
-		return // event, id, retry and unknown fields carry nothing we use
+	switch string(name) {
+	case "data":
+	case "error":
+		s.event = "error"
+	case "event":
+		if s.event != "error" {
+			s.event = string(value)
+		}
+		return
+	default:
+		return // id, retry and unknown fields carry nothing we use
 	}
 	if s.has {
 		s.data = append(s.data, '\n')

@@ -43,6 +43,9 @@ type SyntheticConfig struct {
 	// DefaultMaxTokens is the completion length when the request gives no
 	// max_tokens/max_completion_tokens; 0 means 32.
 	DefaultMaxTokens int
+	// MaxTokens is the largest max_tokens a request may ask for; 0 means
+	// MaxCompletionTokens. Tests of long streams raise it.
+	MaxTokens int
 	// Seed seeds the failure draws; the generated text does not depend on it.
 	Seed int64
 	// Logger receives debug logs of each request; nil discards them.
@@ -68,6 +71,9 @@ func (c SyntheticConfig) withDefaults() SyntheticConfig {
 	d := DefaultSyntheticConfig()
 	if len(c.Models) == 0 {
 		c.Models = d.Models
+	}
+	if c.MaxTokens <= 0 {
+		c.MaxTokens = MaxCompletionTokens
 	}
 	if c.DefaultMaxTokens == 0 {
 		c.DefaultMaxTokens = d.DefaultMaxTokens

@@ -88,9 +88,9 @@ func (s *Synthetic) pickMaxTokens(w http.ResponseWriter, maxTokens, maxCompletio
 	if v == nil {
 		return s.cfg.DefaultMaxTokens, false, true
 	}
-	if *v < 1 || *v > MaxCompletionTokens {
+	if *v < 1 || *v > s.cfg.MaxTokens {
 		badRequest(w, fmt.Sprintf("%s is %d; it must be between 1 and %d on this synthetic engine",
-			param, *v, MaxCompletionTokens), param)
+			param, *v, s.cfg.MaxTokens), param)
 		return 0, false, false
 	}
 	return *v, true, true

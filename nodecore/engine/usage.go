@@ -55,33 +55,14 @@ func ChunkUsage(chunk []byte) *Usage {
 // carries generated output: a non-empty choices[].delta.content or
 // choices[].text, and also (so tool-calling and reasoning models count as
 // producing output) a non-empty delta.tool_calls, delta.reasoning_content
-// or delta.reasoning.
+// or delta.reasoning. It is [ParseChunk]'s Content, after a cheap check
+// that the chunk has choices at all.
 func ChunkHasContent(chunk []byte) bool {
 	if !bytes.Contains(chunk, []byte(`"choices"`)) {
 		return false
 	}
-	var v struct {
-		Choices []struct {
-			Text  json.RawMessage `json:"text"`
-			Delta struct {
-				Content          json.RawMessage `json:"content"`
-				ToolCalls        json.RawMessage `json:"tool_calls"`
-				ReasoningContent json.RawMessage `json:"reasoning_content"`
-				Reasoning        json.RawMessage `json:"reasoning"`
-			} `json:"delta"`
-		} `json:"choices"`
-	}
-	if json.Unmarshal(chunk, &v) != nil {
-		return false
-	}
-	for _, c := range v.Choices {
-		d := &c.Delta
-		if rawNonEmpty(c.Text) || rawNonEmpty(d.Content) || rawNonEmpty(d.ToolCalls) ||
-			rawNonEmpty(d.ReasoningContent) || rawNonEmpty(d.Reasoning) {
-			return true
-		}
-	}
-	return false
+	c, err := ParseChunk(chunk)
+	return err == nil && c.Content
 }
 
 // rawNonEmpty reports whether a raw value is a non-empty string or a
