@@ -34,40 +34,46 @@ const (
 
 // Config configures a gateway.
 type Config struct {
-	Host          *p2p.Host
-	Platform      peer.ID       // the settlement peer trusted for keys, prices and receipts
-	HTTPAddr      string        // where the OpenAI-compatible API listens
-	MaxBody       int64         // largest request body accepted
-	MaxRetries    int           // other instances tried after a failure before the first byte
-	HeaderTimeout time.Duration // how long a node may take to start answering
-	MaxCallTime   time.Duration // how long one call may take in all
-	IdleTimeout   time.Duration // how long a stream may go without a chunk
-	WriteTimeout  time.Duration // how long a client may take to accept one write
-	AuthTTL       time.Duration // how long a checked API key (and its balance) is trusted
-	PriceRefresh  time.Duration // how often the price table is fetched again
-	ReportEvery   time.Duration // how often failures seen are reported to settlement
-	DrainTimeout  time.Duration // how long stopping waits for calls in flight and receipts
-	Route         route.Config  // the routing policy (SPEC §4)
-	Journal       *Journal      // where receipts wait for settlement (nil = memory only: a crash loses them)
-	Credit        CreditConfig  // how credit lines are sized
-	Logger        *slog.Logger  // nil = discard
+	Host              *p2p.Host
+	Platform          peer.ID       // the settlement peer trusted for keys, prices and receipts
+	HTTPAddr          string        // where the OpenAI-compatible API listens
+	MaxBody           int64         // largest request body accepted
+	BodyTimeout       time.Duration // how long a client may take to send its request body
+	MaxTokens         int64         // largest max_tokens / max_completion_tokens a call may ask for
+	RequestsPerMinute int           // calls a minute per API key; 0 = no limit
+	MaxRetries        int           // other instances tried after a failure before the first byte
+	HeaderTimeout     time.Duration // how long a node may take to start answering
+	MaxCallTime       time.Duration // how long one call may take in all
+	IdleTimeout       time.Duration // how long a stream may go without a chunk
+	WriteTimeout      time.Duration // how long a client may take to accept one write
+	AuthTTL           time.Duration // how long a checked API key (and its balance) is trusted
+	PriceRefresh      time.Duration // how often the price table is fetched again
+	ReportEvery       time.Duration // how often failures seen are reported to settlement
+	DrainTimeout      time.Duration // how long stopping waits for calls in flight and receipts
+	Route             route.Config  // the routing policy (SPEC §4)
+	Journal           *Journal      // where receipts wait for settlement (nil = memory only: a crash loses them)
+	Credit            CreditConfig  // how credit lines are sized
+	Logger            *slog.Logger  // nil = discard
 }
 
 // DefaultConfig returns the defaults; Host, Platform and HTTPAddr must be set.
 func DefaultConfig() Config {
 	return Config{
-		MaxBody:       8 << 20,          // long prompts fit; a runaway upload does not
-		MaxRetries:    2,                // SPEC §3: at most 2 retries
-		HeaderTimeout: 60 * time.Second, // a loaded engine may queue before it answers
-		MaxCallTime:   30 * time.Minute, // long generations at a few tok/s finish
-		IdleTimeout:   time.Minute,      // a stalled engine does not hold a client for half an hour
-		WriteTimeout:  30 * time.Second, // a client that stops reading frees the node's slot
-		AuthTTL:       2 * time.Second,  // a revoked key or spent balance is seen within 2 s
-		PriceRefresh:  time.Minute,      // price tables change rarely
-		ReportEvery:   5 * time.Second,  // the health window is hourly; seconds are plenty
-		DrainTimeout:  5 * time.Second,  // calls in flight get their claims; undelivered receipts wait in the journal
-		Route:         route.DefaultConfig(),
-		Credit:        DefaultCreditConfig(),
+		MaxBody:           8 << 20,          // long prompts fit; a runaway upload does not
+		BodyTimeout:       time.Minute,      // 8 MiB at a slow 1 Mbit/s arrives in time; a stalled upload does not hold a slot
+		MaxTokens:         131072,           // the longest context windows served today; engines cap below it anyway
+		RequestsPerMinute: 0,                // a gateway of one's own needs no limit; public gateways set --rpm-limit
+		MaxRetries:        2,                // SPEC §3: at most 2 retries
+		HeaderTimeout:     60 * time.Second, // a loaded engine may queue before it answers
+		MaxCallTime:       30 * time.Minute, // long generations at a few tok/s finish
+		IdleTimeout:       time.Minute,      // a stalled engine does not hold a client for half an hour
+		WriteTimeout:      30 * time.Second, // a client that stops reading frees the node's slot
+		AuthTTL:           2 * time.Second,  // a revoked key or spent balance is seen within 2 s
+		PriceRefresh:      time.Minute,      // price tables change rarely
+		ReportEvery:       5 * time.Second,  // the health window is hourly; seconds are plenty
+		DrainTimeout:      5 * time.Second,  // calls in flight get their claims; undelivered receipts wait in the journal
+		Route:             route.DefaultConfig(),
+		Credit:            DefaultCreditConfig(),
 	}
 }
 
@@ -78,7 +84,7 @@ func (c *Config) Validate() error {
 		return errors.New("gateway: a host is required")
 	case c.Platform == "":
 		return errors.New("gateway: the settlement peer id is required (--platform)")
-	case c.MaxBody <= 0 || c.MaxRetries < 0 || c.HeaderTimeout <= 0 || c.MaxCallTime <= 0 || c.IdleTimeout <= 0 || c.WriteTimeout <= 0 || c.ReportEvery <= 0 || c.DrainTimeout <= 0 || c.AuthTTL <= 0 || c.PriceRefresh <= 0:
+	case c.MaxBody <= 0 || c.BodyTimeout <= 0 || c.MaxTokens <= 0 || c.RequestsPerMinute < 0 || c.MaxRetries < 0 || c.HeaderTimeout <= 0 || c.MaxCallTime <= 0 || c.IdleTimeout <= 0 || c.WriteTimeout <= 0 || c.ReportEvery <= 0 || c.DrainTimeout <= 0 || c.AuthTTL <= 0 || c.PriceRefresh <= 0:
 		return errors.New("gateway: limits and timeouts must be positive")
 	}
 	return c.Route.Validate()
@@ -91,6 +97,7 @@ type Gateway struct {
 	view     *View
 	auth     *authCache
 	credit   *creditLines
+	limits   *keyLimits // nil = no per-key limit
 	outcomes outcomes
 	calls    sync.WaitGroup // calls in flight, for a clean stop
 	settler  *settler
@@ -121,6 +128,7 @@ func New(cfg Config) (*Gateway, error) {
 	g.metrics = newMetrics(g.reg)
 	g.auth = newAuthCache(cfg.Host, cfg.Platform, cfg.AuthTTL)
 	g.credit = newCreditLines(cfg.Host, cfg.Platform, cfg.Credit)
+	g.limits = newKeyLimits(cfg.RequestsPerMinute)
 	g.settler = newSettler(cfg.Host, cfg.Platform, log, g.metrics, cfg.Journal)
 	return g, nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -19,6 +20,7 @@ func (g *Gateway) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/completions", g.inference("/completions"))
 	mux.HandleFunc("POST /v1/embeddings", g.inference("/embeddings"))
 	mux.HandleFunc("GET /v1/models", g.withRequestID(g.models))
+	mux.HandleFunc("GET /v1/models/{model...}", g.withRequestID(g.model))
 	mux.HandleFunc("GET /v1/account", g.withRequestID(g.account))
 	mux.HandleFunc("GET /healthz", g.withRequestID(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -87,15 +89,37 @@ func (g *Gateway) models(w http.ResponseWriter, r *http.Request) {
 	}{Object: "list", Data: []modelEntry{}}
 	now := time.Now().Unix()
 	for _, m := range g.view.Models() {
-		p := g.price(m.ID)
-		list.Data = append(list.Data, modelEntry{
-			ID: m.ID, Object: "model", Created: now, OwnedBy: "tokenrouter",
-			Instances: m.Instances,
-			Price:     modelPrice{Input: p.InputPer1M, Output: p.OutputPer1M, Unit: "ucr per 1M tokens"},
-		})
+		list.Data = append(list.Data, g.modelEntry(m, now))
 	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(list)
+}
+
+// model is GET /v1/models/{model}: one model with a live instance, or 404.
+// Model ids may hold slashes ("Qwen/Qwen2.5-7B-Instruct").
+func (g *Gateway) model(w http.ResponseWriter, r *http.Request) {
+	if _, ok := g.authorize(w, r); !ok {
+		return
+	}
+	id := r.PathValue("model")
+	for _, m := range g.view.Models() {
+		if m.ID == id {
+			w.Header().Set("Content-Type", "application/json")
+			json.NewEncoder(w).Encode(g.modelEntry(m, time.Now().Unix()))
+			return
+		}
+	}
+	openai.WriteError(w, http.StatusNotFound, "invalid_request_error", "model", "model_not_found",
+		"the model "+strconv.Quote(id)+" has no live instance on the network")
+}
+
+func (g *Gateway) modelEntry(m ModelInfo, now int64) modelEntry {
+	p := g.price(m.ID)
+	return modelEntry{
+		ID: m.ID, Object: "model", Created: now, OwnedBy: "tokenrouter",
+		Instances: m.Instances,
+		Price:     modelPrice{Input: p.InputPer1M, Output: p.OutputPer1M, Unit: "ucr per 1M tokens"},
+	}
 }
 
 func (g *Gateway) account(w http.ResponseWriter, r *http.Request) {

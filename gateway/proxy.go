@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/base32"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -45,6 +47,7 @@ func (g *Gateway) inference(path string) http.HandlerFunc {
 
 // serveInference does the work of inference and returns the status sent.
 func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, reqID string) int {
+	start := time.Now()
 	key, ok := openai.BearerKey(r)
 	if !ok {
 		return fail(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "missing API key: send Authorization: Bearer <key>")
@@ -58,12 +61,27 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, r
 		w.Header().Set("Retry-After", "2")
 		return fail(w, http.StatusServiceUnavailable, "server_error", "", "settlement_unavailable", "the settlement peer cannot be reached to check the API key; retry shortly")
 	}
+	if !g.limits.check(w, key) {
+		return http.StatusTooManyRequests
+	}
+	// The body must arrive within BodyTimeout; after it the deadline is
+	// lifted, or net/http would take it for the client leaving mid-stream.
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Now().Add(g.cfg.BodyTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.cfg.MaxBody))
+	rc.SetReadDeadline(time.Time{})
 	if err != nil {
+		// The rest of the body will not be read: the connection closes after
+		// the answer (else net/http would wait to drain a stalled upload).
+		w.Header().Set("Connection", "close")
 		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
+		switch {
+		case errors.As(err, &tooLarge):
 			return fail(w, http.StatusRequestEntityTooLarge, "invalid_request_error", "", "request_too_large",
 				fmt.Sprintf("request body exceeds %d bytes", g.cfg.MaxBody))
+		case isTimeout(err):
+			return fail(w, http.StatusRequestTimeout, "invalid_request_error", "", "request_timeout",
+				fmt.Sprintf("the request body did not arrive within %s", g.cfg.BodyTimeout))
 		}
 		return fail(w, http.StatusBadRequest, "invalid_request_error", "", "", "could not read the request body")
 	}
@@ -75,6 +93,14 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, r
 	}
 	if meta.Model == "" {
 		return fail(w, http.StatusBadRequest, "invalid_request_error", "model", "missing_required_parameter", "you must provide a model parameter")
+	}
+	if meta.MaxTokens > g.cfg.MaxTokens {
+		param := "max_tokens"
+		if bytes.Contains(body, []byte(`"max_completion_tokens"`)) {
+			param = "max_completion_tokens"
+		}
+		return fail(w, http.StatusBadRequest, "invalid_request_error", param, "invalid_value",
+			fmt.Sprintf("%s is too large: %d; this gateway allows at most %d", param, meta.MaxTokens, g.cfg.MaxTokens))
 	}
 	if meta.Stream && path == "/embeddings" {
 		return fail(w, http.StatusBadRequest, "invalid_request_error", "stream", "invalid_value", "embeddings cannot be streamed")
@@ -102,6 +128,7 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, r
 	c := &forwardCall{
 		g: g, w: w, r: r, id: reqID, path: path, body: body, meta: meta,
 		key: key, account: au.account, grant: au.grant, hold: hold, wantUsage: meta.IncludeUsage,
+		deadline: start.Add(g.cfg.MaxCallTime),
 	}
 	status := c.run()
 	g.credit.settle(au.account, hold, reserved, c.spent)
@@ -128,6 +155,7 @@ type forwardCall struct {
 	hold      string // the credit-line hold this call spends against
 	spent     int64  // what it was billed
 	wantUsage bool
+	deadline  time.Time // MaxCallTime from the call's start, across every attempt
 
 	// What the current attempt tells the routing table.
 	lease   *Lease
@@ -152,6 +180,25 @@ type attemptError struct {
 	full   bool // 429: the node is at capacity, not failing
 }
 
+// frameErr is err, or for a frame of the wrong type, an error naming it.
+func frameErr(err error, typ byte) error {
+	if err == nil {
+		err = fmt.Errorf("unexpected frame %q", typ)
+	}
+	return err
+}
+
+// timedOut reports whether the attempt failed by running out of time.
+func (e *attemptError) timedOut() bool { return isTimeout(e.err) }
+
+// isTimeout reports whether err is a deadline passing: a context's, or a
+// connection's or stream's I/O deadline.
+func isTimeout(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		errors.As(err, &ne) && ne.Timeout()
+}
+
 func (e *attemptError) Error() string { return fmt.Sprintf("status %d: %v", e.status, e.err) }
 
 // run tries up to 1+MaxRetries instances, never the same node twice.
@@ -159,7 +206,7 @@ func (c *forwardCall) run() int {
 	g := c.g
 	var tried []peer.ID
 	var last *attemptError
-	for attempt := 0; attempt <= g.cfg.MaxRetries; attempt++ {
+	for attempt := 0; attempt <= g.cfg.MaxRetries && time.Now().Before(c.deadline); attempt++ {
 		node, lease, ok := g.view.Acquire(c.meta.Model, tried)
 		if !ok {
 			break
@@ -191,6 +238,11 @@ func (c *forwardCall) run() int {
 			return 499 // the client left
 		}
 	}
+	if last != nil && last.timedOut() {
+		return fail(c.w, http.StatusGatewayTimeout, "server_error", "", "timeout",
+			fmt.Sprintf("no instance of %q answered in time (tried %d; a node has %s to start answering, a call %s in all): %v",
+				c.meta.Model, len(tried), g.cfg.HeaderTimeout, g.cfg.MaxCallTime, last.err))
+	}
 	if last == nil || last.full {
 		g.outcomes.turnedAway(c.meta.Model)
 		c.w.Header().Set("Retry-After", "1")
@@ -205,7 +257,7 @@ func (c *forwardCall) run() int {
 // consumer-caused error) was relayed to the client.
 func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 	g := c.g
-	ctx, cancel := context.WithTimeout(c.r.Context(), g.cfg.HeaderTimeout)
+	ctx, cancel := context.WithDeadline(c.r.Context(), earliest(time.Now().Add(g.cfg.HeaderTimeout), c.deadline))
 	defer cancel()
 	if err := g.cfg.Host.Find(ctx, node); err != nil {
 		g.view.Unreachable(node)
@@ -225,7 +277,7 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 	// the node at once and pays nothing.
 	stopReset := context.AfterFunc(c.r.Context(), func() { s.Reset() })
 	defer stopReset()
-	s.SetDeadline(time.Now().Add(g.cfg.HeaderTimeout))
+	s.SetDeadline(earliest(time.Now().Add(g.cfg.HeaderTimeout), c.deadline))
 	bw := bufio.NewWriter(s)
 	hdr, _ := json.Marshal(p2p.InferRequest{RequestID: c.id, Path: c.path, Model: c.meta.Model, Stream: c.meta.Stream})
 	if err := p2p.WriteFrame(bw, p2p.FrameRequest, hdr); err != nil {
@@ -240,7 +292,7 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 	br := bufio.NewReaderSize(s, 32<<10)
 	typ, payload, err := p2p.ReadFrame(br, nil, p2p.MaxFrame)
 	if err != nil || typ != p2p.FrameHeader {
-		return 0, &attemptError{err: fmt.Errorf("no answer header: %v", err)}
+		return 0, &attemptError{err: fmt.Errorf("no answer header: %w", frameErr(err, typ))}
 	}
 	var h p2p.InferHeader
 	if err := json.Unmarshal(payload, &h); err != nil {
@@ -266,7 +318,7 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 		c.w.Write(payload)
 		return h.Status, nil
 	}
-	rel := &relay{c: c, s: s, br: br, node: node, stopReset: stopReset, deadline: time.Now().Add(g.cfg.MaxCallTime)}
+	rel := &relay{c: c, s: s, br: br, node: node, stopReset: stopReset, deadline: c.deadline}
 	if c.meta.Stream {
 		status, aerr := rel.stream()
 		ok = aerr == nil

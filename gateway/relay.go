@@ -58,11 +58,11 @@ func (rl *relay) whole() (int, *attemptError) {
 	rl.s.SetReadDeadline(rl.deadline)
 	typ, data, err := p2p.ReadFrame(rl.br, nil, p2p.MaxFrame)
 	if err != nil || typ != p2p.FrameData {
-		return 0, &attemptError{status: 200, err: fmt.Errorf("answer body lost: %v", err)}
+		return 0, &attemptError{status: 200, err: fmt.Errorf("answer body lost: %w", frameErr(err, typ))}
 	}
 	typ, payload, err := p2p.ReadFrame(rl.br, nil, 1<<20)
 	if err != nil || typ != p2p.FrameTrailer {
-		return 0, &attemptError{status: 200, err: fmt.Errorf("claim lost: %v", err)}
+		return 0, &attemptError{status: 200, err: fmt.Errorf("claim lost: %w", frameErr(err, typ))}
 	}
 	t, err := rl.readTrailer(payload)
 	if err != nil {
@@ -203,7 +203,12 @@ func (rl *relay) stream() (int, *attemptError) {
 		// No claim from the node: nothing can be billed that it did not sign.
 		rl.s.Reset()
 		if !clientGone {
-			rl.event(errorEvent(c, "the serving node failed mid-stream; the answer is incomplete"))
+			code, msg := "upstream_failed", "the serving node failed mid-stream; the answer is incomplete"
+			if isTimeout(broken) {
+				code, msg = "timeout", fmt.Sprintf("the serving node sent nothing for %s, or the call reached its %s limit; the answer is incomplete",
+					g.cfg.IdleTimeout, g.cfg.MaxCallTime)
+			}
+			rl.event(errorEvent(c, code, msg))
 			rl.event([]byte("[DONE]"))
 		}
 		return http.StatusOK, nil
@@ -222,7 +227,7 @@ func (rl *relay) stream() (int, *attemptError) {
 	if !clientGone {
 		switch {
 		case cl.Incomplete:
-			rl.event(errorEvent(c, "the serving node's engine broke off mid-stream; the answer is incomplete"))
+			rl.event(errorEvent(c, "upstream_failed", "the serving node's engine broke off mid-stream; the answer is incomplete"))
 		case c.wantUsage:
 			if out, err := usageChunk(c, usage, prompt, completion, cost, cl.Estimated || usage == nil); err == nil {
 				rl.event(out)
@@ -266,7 +271,7 @@ func (rl *relay) event(data []byte) {
 
 // errorEvent is the one SSE event that ends a stream broken after its first
 // byte: an error object and finish_reason "error", as OpenRouter sends.
-func errorEvent(c *forwardCall, msg string) []byte {
+func errorEvent(c *forwardCall, code, msg string) []byte {
 	choice := map[string]any{"index": 0, "delta": map[string]any{}, "finish_reason": "error"}
 	object := "chat.completion.chunk"
 	if c.path == "/completions" {
@@ -276,7 +281,7 @@ func errorEvent(c *forwardCall, msg string) []byte {
 	b, _ := json.Marshal(map[string]any{
 		"id": c.id, "object": object, "created": time.Now().Unix(), "model": c.meta.Model,
 		"choices": []any{choice},
-		"error":   map[string]any{"message": msg, "type": "server_error", "param": nil, "code": "upstream_failed"},
+		"error":   map[string]any{"message": msg, "type": "server_error", "param": nil, "code": code},
 	})
 	return b
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/spf13/cobra"
+	"github.com/tokenrouter/tokenrouter/gateway"
 	"github.com/tokenrouter/tokenrouter/internal/launch"
 	"github.com/tokenrouter/tokenrouter/p2p"
 )
@@ -28,5 +29,12 @@ call to the least-loaded live node and bills it through the settlement peer.`,
 	f := cmd.Flags()
 	f.StringVar(&o.Platform, "platform", "", "peer id of the settlement peer this gateway trusts (required)")
 	f.StringVar(&o.HTTP, "http", "127.0.0.1:8080", "HOST:PORT for the OpenAI-compatible API")
+	d := gateway.DefaultConfig()
+	f.Int64Var(&o.MaxBody, "max-body", d.MaxBody, "largest request body in bytes (413 above it)")
+	f.Int64Var(&o.MaxTokens, "max-tokens", d.MaxTokens, "largest max_tokens / max_completion_tokens a call may ask for (400 above it)")
+	f.IntVar(&o.RPMLimit, "rpm-limit", d.RequestsPerMinute, "calls a minute per API key, with bursts of a sixth of it (429 above it); 0 = no limit")
+	f.DurationVar(&o.HeaderTime, "header-timeout", d.HeaderTimeout, "how long a node may take to start answering before another is tried")
+	f.DurationVar(&o.IdleTime, "idle-timeout", d.IdleTimeout, "how long a stream may go without a chunk before it ends with an error event")
+	f.DurationVar(&o.MaxCallTime, "max-call-time", d.MaxCallTime, "how long one call may take in all (504, or an error event on a stream)")
 	return cmd
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -91,12 +92,8 @@ func mustJSON(t *testing.T, v any) []byte {
 // conform validates one JSON document against a schema.
 func conform(t *testing.T, s *jsonschema.Schema, what string, body []byte) {
 	t.Helper()
-	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(body))
-	if err != nil {
-		t.Fatalf("%s: not JSON: %v\n%s", what, err, body)
-	}
-	if err := s.Validate(v); err != nil {
-		t.Fatalf("%s does not conform to OpenAI's schema: %v\n%s", what, err, body)
+	if err := validate(s, body); err != nil {
+		t.Fatalf("%s: %v", what, err)
 	}
 }
 
@@ -153,4 +150,16 @@ func TestResponsesConformToOpenAISchemas(t *testing.T) {
 			t.Fatalf("only %d chunks in %s", chunks, b)
 		}
 	}
+}
+
+// validate checks one JSON document against a schema.
+func validate(s *jsonschema.Schema, body []byte) error {
+	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("not JSON: %v\n%s", err, body)
+	}
+	if err := s.Validate(v); err != nil {
+		return fmt.Errorf("does not conform to OpenAI's schema: %v\n%s", err, body)
+	}
+	return nil
 }

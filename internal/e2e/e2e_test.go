@@ -44,8 +44,13 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func client(m *launch.Mesh, key string) openai.Client {
-	return openai.NewClient(option.WithBaseURL(m.GatewayURL+"/v1"), option.WithAPIKey(key), option.WithMaxRetries(0))
+// client is the official openai-go client on the mesh's gateway. Every
+// response it gets is checked against OpenAI's schemas on the way.
+func client(t *testing.T, m *launch.Mesh, key string, opts ...option.RequestOption) openai.Client {
+	return openai.NewClient(append([]option.RequestOption{
+		option.WithBaseURL(m.GatewayURL + "/v1"), option.WithAPIKey(key), option.WithMaxRetries(0),
+		option.WithMiddleware(validating(t)),
+	}, opts...)...)
 }
 
 // costOf reads usage.cost_ucr from a raw usage object.
@@ -109,7 +114,7 @@ func waitCalls(t *testing.T, base, key string, n int64) account {
 func TestPaidCallsSettleEndToEnd(t *testing.T) {
 	m := startMesh(t, 2)
 	ctx := context.Background()
-	c := client(m, m.DemoKey)
+	c := client(t, m, m.DemoKey)
 	before := getAccount(t, m.GatewayURL, m.DemoKey)
 	if before.BalanceUcr != economy.StartingCreditUcr || before.Starting != economy.StartingCreditUcr {
 		t.Fatalf("new account: %+v, want the 5-credit starting grant", before)
@@ -263,7 +268,7 @@ func TestPaidCallsSettleEndToEnd(t *testing.T) {
 func TestOtherEndpoints(t *testing.T) {
 	m := startMesh(t, 1)
 	ctx := context.Background()
-	c := client(m, m.DemoKey)
+	c := client(t, m, m.DemoKey)
 	comp, err := c.Completions.New(ctx, openai.CompletionNewParams{
 		Model:     openai.CompletionNewParamsModel("synthetic-1"),
 		Prompt:    openai.CompletionNewParamsPromptUnion{OfString: openai.String("once upon a time")},
@@ -406,13 +411,13 @@ func TestErrors(t *testing.T) {
 	}
 	var apiErr *openai.Error
 
-	bad := client(m, "trk_notakey")
+	bad := client(t, m, "trk_notakey")
 	_, err := bad.Chat.Completions.New(ctx, params)
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != 401 || apiErr.Code != "invalid_api_key" {
 		t.Fatalf("bad key: %v", err)
 	}
 	params.Model = "no-such-model"
-	c := client(m, m.DemoKey)
+	c := client(t, m, m.DemoKey)
 	_, err = c.Chat.Completions.New(ctx, params)
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != 404 || apiErr.Code != "model_not_found" {
 		t.Fatalf("unknown model: %v", err)

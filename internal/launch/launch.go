@@ -194,8 +194,16 @@ func Node(ctx context.Context, o NodeOptions) error {
 // GatewayOptions configure a gateway.
 type GatewayOptions struct {
 	Common
-	Platform string
-	HTTP     string
+	Platform    string
+	HTTP        string
+	MaxBody     int64         // 0 = the default
+	MaxTokens   int64         // 0 = the default
+	RPMLimit    int           // calls a minute per API key; 0 = no limit
+	HeaderTime  time.Duration // how long a node may take to start answering; 0 = the default
+	MaxCallTime time.Duration // 0 = the default
+	IdleTime    time.Duration // 0 = the default
+	// Tune, when set, adjusts the configuration last (tests use it).
+	Tune func(*gateway.Config)
 }
 
 // Gateway runs a gateway until ctx ends.
@@ -220,6 +228,15 @@ func Gateway(ctx context.Context, o GatewayOptions) error {
 	cfg.Host, cfg.Platform, cfg.HTTPAddr, cfg.Logger, cfg.Journal = h, platform, o.HTTP, log, journal
 	if cfg.HTTPAddr == "" {
 		cfg.HTTPAddr = "127.0.0.1:8080"
+	}
+	setIf(&cfg.MaxBody, o.MaxBody)
+	setIf(&cfg.MaxTokens, o.MaxTokens)
+	setIf(&cfg.RequestsPerMinute, o.RPMLimit)
+	setIf(&cfg.HeaderTimeout, o.HeaderTime)
+	setIf(&cfg.MaxCallTime, o.MaxCallTime)
+	setIf(&cfg.IdleTimeout, o.IdleTime)
+	if o.Tune != nil {
+		o.Tune(&cfg)
 	}
 	g, err := gateway.New(cfg)
 	if err != nil {
@@ -278,5 +295,13 @@ func Engine(ctx context.Context, o EngineOptions, bound func(addr string)) error
 		return srv.Shutdown(sctx)
 	case err := <-errc:
 		return err
+	}
+}
+
+// setIf sets *dst to v when v is not zero.
+func setIf[T comparable](dst *T, v T) {
+	var zero T
+	if v != zero {
+		*dst = v
 	}
 }

@@ -32,6 +32,10 @@ type MeshOptions struct {
 	ReadyWait   time.Duration // how long to wait for each role
 	OperatorKey string        // reuse this account for the nodes if the ledger knows it
 	DemoKey     string        // reuse this consumer account if the ledger knows it
+	// Gateway, when set, adjusts the gateway's options (tests use it).
+	Gateway func(*GatewayOptions)
+	// Engine, when set, adjusts node i's synthetic engine (tests use it).
+	Engine func(i int, c *engine.SyntheticConfig)
 }
 
 // Mesh is a running local mesh.
@@ -144,6 +148,9 @@ func StartMesh(parent context.Context, o MeshOptions) (*Mesh, error) {
 		if i < len(o.FailRate) {
 			cfg.FailRate = o.FailRate[i]
 		}
+		if o.Engine != nil {
+			o.Engine(i, &cfg)
+		}
 		bound := make(chan string, 1)
 		name := fmt.Sprintf("engine-%d", i+1)
 		m.run(name, func() error {
@@ -184,10 +191,14 @@ func StartMesh(parent context.Context, o MeshOptions) (*Mesh, error) {
 	m.gwCancel, m.gwDone = gwCancel, make(chan struct{})
 	m.run("gateway", func() error {
 		defer close(m.gwDone)
-		return Gateway(gwCtx, GatewayOptions{
+		gopts := GatewayOptions{
 			Common:   Common{Data: gdir, Listen: loopback, Bootstrap: boot, Logger: log.With("role", "gateway")},
 			Platform: m.PlatformID, HTTP: o.GatewayAddr,
-		})
+		}
+		if o.Gateway != nil {
+			o.Gateway(&gopts)
+		}
+		return Gateway(gwCtx, gopts)
 	})
 	if err := m.waitReady(gdir, o.ReadyWait); err != nil {
 		return fail(err)
