@@ -46,14 +46,15 @@ func (n *Node) Announcement() p2p.Announcement {
 		TokPerSec: n.tokPerS,
 		TimeMs:    time.Now().UnixMilli(),
 	}
-	if len(n.byPeer) > 0 {
-		a.InFlightBy = make(map[string]int, len(n.byPeer))
-		for k, v := range n.byPeer {
-			a.InFlightBy[k] = v
-		}
-	}
 	for _, m := range n.models {
-		a.Models = append(a.Models, p2p.ModelLoad{Model: m, Capacity: n.cfg.Capacity, InFlight: n.inFlight})
+		in := n.instances[m]
+		a.Models = append(a.Models, p2p.ModelLoad{Model: m, Capacity: in.capacity, InFlight: in.inFlight})
+		for gw, k := range in.byPeer {
+			if a.InFlightBy == nil {
+				a.InFlightBy = map[string]int{}
+			}
+			a.InFlightBy[gw] += k // the wire format splits by gateway for the node as a whole
+		}
 	}
 	return a
 }

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,20 +22,25 @@ import (
 
 // Config configures a node.
 type Config struct {
-	Host         *p2p.Host
-	Upstream     *engine.Upstream
-	Platform     peer.ID       // the settlement peer to register with
-	AccountKey   string        // API key of the operator's account; "" = earnings accrue to node:<peer id>
-	Models       []string      // models to serve; empty = every model the engine lists
-	Capacity     int           // concurrent calls per model this node takes
-	Synthetic    bool          // the upstream is the synthetic engine (shown in announcements)
-	Hardware     string        // shown in announcements; "" = a CPU description
-	Logger       *slog.Logger  // nil = discard
-	Announce     time.Duration // minimum gap between announcements on change
-	Heartbeat    time.Duration // an announcement at least this often even without change
-	MaxBody      int64         // largest upstream response body read for a non-streamed call
-	MaxRequest   int64         // largest request body a gateway may send
-	WriteTimeout time.Duration // a gateway that reads nothing for this long loses the stream
+	Host       *p2p.Host
+	Upstream   *engine.Upstream
+	Platform   peer.ID  // the settlement peer to register with
+	AccountKey string   // API key of the operator's account; "" = earnings accrue to node:<peer id>
+	Models     []string // models to serve; empty = every model the engine lists
+	Capacity   int      // concurrent calls per model this node takes, unless ModelCapacity names the model
+	// ModelCapacity overrides Capacity for the models it names (by the
+	// engine's id or its canonical name: "llama3.2:latest" and "llama3.2"
+	// are one model). A model that is full answers node_full without
+	// affecting the others.
+	ModelCapacity map[string]int
+	Synthetic     bool          // the upstream is the synthetic engine (shown in announcements)
+	Hardware      string        // shown in announcements; "" = a CPU description
+	Logger        *slog.Logger  // nil = discard
+	Announce      time.Duration // minimum gap between announcements on change
+	Heartbeat     time.Duration // an announcement at least this often even without change
+	MaxBody       int64         // largest upstream response body read for a non-streamed call
+	MaxRequest    int64         // largest request body a gateway may send
+	WriteTimeout  time.Duration // a gateway that reads nothing for this long loses the stream
 }
 
 // DefaultConfig returns the defaults; Host, Upstream and Platform must be set.
@@ -59,10 +66,49 @@ func (c *Config) Validate() error {
 		return errors.New("provider: the settlement peer id is required (--platform)")
 	case c.Capacity < 1:
 		return fmt.Errorf("provider: capacity must be at least 1, got %d", c.Capacity)
+	case c.modelCapacityErr() != nil:
+		return c.modelCapacityErr()
 	case c.Announce < 100*time.Millisecond || c.Heartbeat < c.Announce:
 		return errors.New("provider: announce interval must be >= 100ms and heartbeat >= announce")
 	case c.MaxBody <= 0 || c.MaxRequest <= 0 || c.WriteTimeout <= 0:
 		return errors.New("provider: body limits and write timeout must be positive")
+	}
+	return nil
+}
+
+// ParseModelCapacity reads --model-capacity values, each NAME=N (the name
+// may itself hold ':' and '/'; it ends at the last '='), into
+// Config.ModelCapacity. Two entries for one model (by canonical name) are
+// an error.
+func ParseModelCapacity(entries []string) (map[string]int, error) {
+	out := make(map[string]int, len(entries))
+	seen := make(map[string]string, len(entries))
+	for _, e := range entries {
+		i := strings.LastIndexByte(e, '=')
+		if i <= 0 {
+			return nil, fmt.Errorf("--model-capacity %q: want NAME=N", e)
+		}
+		name := e[:i]
+		n, err := strconv.Atoi(e[i+1:])
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("--model-capacity %q: N must be a whole number of at least 1", e)
+		}
+		canon := engine.CanonicalModel(name)
+		if prev, ok := seen[canon]; ok {
+			return nil, fmt.Errorf("--model-capacity names one model twice: %q and %q", prev, name)
+		}
+		seen[canon] = name
+		out[name] = n
+	}
+	return out, nil
+}
+
+// modelCapacityErr reports a ModelCapacity entry a node cannot run with.
+func (c *Config) modelCapacityErr() error {
+	for name, n := range c.ModelCapacity {
+		if name == "" || n < 1 {
+			return fmt.Errorf("provider: model capacity %q=%d: a model name and a capacity of at least 1 are required", name, n)
+		}
 	}
 	return nil
 }
@@ -73,17 +119,22 @@ type Node struct {
 	log   *slog.Logger
 	topic *pubsub.Topic
 
-	mu       sync.Mutex
-	models   []string
-	serves   map[string]bool
-	inFlight int
+	mu        sync.Mutex
+	models    []string             // announced (canonical) names, in the engine's order
+	instances map[string]*instance // by announced name
+	tokPerS   float64              // EWMA of measured generation rate
+	changed   chan struct{}
+	seq       uint64
+	account   string
+	claims    *claimMemory
+}
+
+// instance is one model this node serves, with its own capacity and load.
+type instance struct {
+	engine   string         // the engine's own id for the model, sent upstream
+	capacity int            // concurrent calls it takes
+	inFlight int            // calls in flight
 	byPeer   map[string]int // calls in flight per gateway
-	tokPerS  float64        // EWMA of measured generation rate
-	version  uint64         // bumped on every change worth announcing
-	changed  chan struct{}
-	seq      uint64
-	account  string
-	claims   *claimMemory
 }
 
 // New checks cfg and returns a node ready to Run.
@@ -99,13 +150,12 @@ func New(cfg Config) (*Node, error) {
 		cfg.Hardware = DetectHardware()
 	}
 	return &Node{
-		cfg:     cfg,
-		log:     log,
-		serves:  map[string]bool{},
-		byPeer:  map[string]int{},
-		changed: make(chan struct{}, 1),
-		seq:     uint64(time.Now().UnixNano()),        // grows across restarts, so validators accept a restarted node
-		claims:  newClaimMemory(time.Hour, 1_000_000), // gateways ask for batch signatures within seconds
+		cfg:       cfg,
+		log:       log,
+		instances: map[string]*instance{},
+		changed:   make(chan struct{}, 1),
+		seq:       uint64(time.Now().UnixNano()),        // grows across restarts, so validators accept a restarted node
+		claims:    newClaimMemory(time.Hour, 1_000_000), // gateways ask for batch signatures within seconds
 	}, nil
 }
 
@@ -128,7 +178,7 @@ func (n *Node) Run(ctx context.Context, ready func()) error {
 	defer n.cfg.Host.RemoveStreamHandler(p2p.ProtoInfer)
 	p2p.ServeClaims(n.cfg.Host, n.claims.known)
 	defer n.cfg.Host.RemoveStreamHandler(p2p.ProtoClaims)
-	n.log.Info("node serving", "peer", n.cfg.Host.ID().String(), "models", n.models, "capacity", n.cfg.Capacity)
+	n.log.Info("node serving", "peer", n.cfg.Host.ID().String(), "models", n.Models(), "capacity", n.cfg.Capacity, "model_capacity", n.cfg.ModelCapacity)
 	if ready != nil {
 		ready()
 	}
@@ -136,7 +186,7 @@ func (n *Node) Run(ctx context.Context, ready func()) error {
 	return nil
 }
 
-// Models returns the models this node serves.
+// Models returns the models this node serves, by the names it announces.
 func (n *Node) Models() []string {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -177,13 +227,71 @@ func (n *Node) discoverModels(ctx context.Context) error {
 	}
 }
 
-func (n *Node) setModels(ms []string) {
+// setModels serves the engine's models ids under their canonical names
+// (engine.CanonicalModel): "llama3.2:latest" is announced as "llama3.2".
+// Should an engine list both forms, the id equal to the canonical name is
+// the one sent upstream.
+func (n *Node) setModels(ids []string) {
+	caps := make(map[string]int, len(n.cfg.ModelCapacity))
+	for name, c := range n.cfg.ModelCapacity {
+		caps[engine.CanonicalModel(name)] = c
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.models = append([]string(nil), ms...)
-	n.serves = map[string]bool{}
-	for _, m := range ms {
-		n.serves[m] = true
+	n.models = nil
+	n.instances = make(map[string]*instance, len(ids))
+	for _, id := range ids {
+		name := engine.CanonicalModel(id)
+		if in, ok := n.instances[name]; ok {
+			if id == name {
+				in.engine = id
+			}
+			continue
+		}
+		capacity := n.cfg.Capacity
+		if c, ok := caps[name]; ok {
+			capacity = c
+		}
+		n.models = append(n.models, name)
+		n.instances[name] = &instance{engine: id, capacity: capacity, byPeer: map[string]int{}}
+	}
+	for name := range caps {
+		if n.instances[name] == nil {
+			n.log.Warn("--model-capacity names a model this node does not serve", "model", name, "models", n.models)
+		}
+	}
+}
+
+// acquire takes a slot on model (any name whose canonical form the node
+// serves) for gateway gw. It returns the instance's engine id; ok is false
+// when the node does not serve the model, full when the model is at its
+// capacity.
+func (n *Node) acquire(model, gw string) (engineID string, ok, full bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	in := n.instances[engine.CanonicalModel(model)]
+	if in == nil {
+		return "", false, false
+	}
+	if in.inFlight >= in.capacity {
+		return in.engine, true, true
+	}
+	in.inFlight++
+	in.byPeer[gw]++
+	return in.engine, true, false
+}
+
+// release gives back a slot acquire took.
+func (n *Node) release(model, gw string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	in := n.instances[engine.CanonicalModel(model)]
+	if in == nil {
+		return
+	}
+	in.inFlight = max(in.inFlight-1, 0)
+	if in.byPeer[gw]--; in.byPeer[gw] <= 0 {
+		delete(in.byPeer, gw)
 	}
 }
 

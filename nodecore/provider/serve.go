@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -65,28 +64,16 @@ func (c *call) serve(parent context.Context) error {
 	}
 	// Take a slot before reading a body of up to MaxBody.
 	gw := c.s.Conn().RemotePeer().String()
-	n.mu.Lock()
-	serves := n.serves[c.req.Model]
-	full := n.inFlight >= n.cfg.Capacity
-	if serves && !full {
-		n.inFlight++
-		n.byPeer[gw]++
-	}
-	n.mu.Unlock()
+	engineModel, serves, full := n.acquire(c.req.Model, gw)
 	if !serves {
 		return c.refuse(http.StatusNotFound, "invalid_request_error", "model_not_found", "this node does not serve model "+c.req.Model)
 	}
 	if full {
-		return c.refuse(http.StatusTooManyRequests, "rate_limit_error", "node_full", "node is at capacity")
+		return c.refuse(http.StatusTooManyRequests, "rate_limit_error", "node_full", "the node is at capacity for "+c.req.Model)
 	}
 	n.markChanged()
 	defer func() {
-		n.mu.Lock()
-		n.inFlight--
-		if n.byPeer[gw]--; n.byPeer[gw] <= 0 {
-			delete(n.byPeer, gw)
-		}
-		n.mu.Unlock()
+		n.release(c.req.Model, gw)
 		n.markChanged()
 	}()
 	typ, body, err := p2p.ReadFrame(r, nil, int(n.cfg.MaxRequest))
@@ -94,9 +81,17 @@ func (c *call) serve(parent context.Context) error {
 		return fmt.Errorf("read body: %v", err)
 	}
 	c.s.SetReadDeadline(time.Time{})
-	// What the engine will see must be what the gateway routes and bills.
-	if meta, err := openai.ParseMeta(body); err != nil || meta.Model != c.req.Model || meta.Stream != c.req.Stream {
+	// What the engine will see must be what the gateway routes and bills:
+	// the same model (by canonical name: the node sends the engine its own
+	// id for it) and the same streaming.
+	meta, err := openai.ParseMeta(body)
+	if err != nil || engine.CanonicalModel(meta.Model) != engine.CanonicalModel(c.req.Model) || meta.Stream != c.req.Stream {
 		return c.refuse(http.StatusBadRequest, "invalid_request_error", "mismatch", "the request header does not match its body")
+	}
+	if meta.Model != engineModel {
+		if body, err = engine.WithModel(body, engineModel); err != nil {
+			return c.refuse(http.StatusBadRequest, "invalid_request_error", "mismatch", "the request body names no model")
+		}
 	}
 
 	// The gateway closing its side of the stream means "stop": the client
@@ -117,29 +112,33 @@ func (c *call) serve(parent context.Context) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		errBody, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		return c.upstreamError(resp.StatusCode, errBody)
+		return c.upstreamError(engine.ParseError(resp.StatusCode, errBody))
 	}
 	if c.req.Stream {
-		return c.relayStream(ctx, resp.Body, start)
+		return c.relayStream(ctx, resp.Body, body, start)
 	}
-	return c.relayBody(resp.Body, start)
+	return c.relayBody(resp.Body, body, start)
 }
 
-// upstreamError maps an engine's error status to what the gateway needs:
-// the consumer's own mistakes (400, 413, 422) are relayed as they are; an
-// engine too busy (408, 429) makes the node full; anything else (the
-// node's credentials refused, a model the engine lacks, a crash) is the
-// node's failure, so the gateway tries another node.
-func (c *call) upstreamError(status int, body []byte) error {
+// upstreamError maps an engine's error to what the gateway needs: the
+// consumer's own mistakes (400, 413, 422) are relayed in OpenAI's shape;
+// an engine too busy (408, 429) makes the node full; anything else (the
+// node's credentials refused, a model the engine lacks, a crash, a failure
+// reported inside a stream before any output) is the node's failure, so
+// the gateway tries another node.
+func (c *call) upstreamError(e *engine.APIError) error {
+	status := e.Status
 	switch {
-	case status == http.StatusBadRequest, status == http.StatusRequestEntityTooLarge, status == http.StatusUnprocessableEntity:
-		return c.answer(status, openai.NormalizeError(status, body), false)
+	case e.ConsumerFault():
+		return c.answer(status, e.JSON(), false)
 	case status == http.StatusRequestTimeout, status == http.StatusTooManyRequests:
 		return c.refuse(http.StatusTooManyRequests, "rate_limit_error", "node_full", "the node's engine is busy")
 	case status >= 500:
-		return c.answer(status, openai.NormalizeError(status, body), true)
+		return c.answer(status, e.JSON(), true)
+	case status == 0:
+		return c.answer(http.StatusBadGateway, e.JSON(), true)
 	default:
-		c.n.log.Warn("engine refused a call", "status", status, "request", c.req.RequestID)
+		c.n.log.Warn("engine refused a call", "status", status, "request", c.req.RequestID, "err", e.Message)
 		return c.refuse(http.StatusBadGateway, "server_error", "upstream_refused", fmt.Sprintf("the node's engine answered %d", status))
 	}
 }
@@ -175,7 +174,18 @@ func (c *call) write(typ byte, payload []byte) error {
 	return p2p.WriteFrame(c.w, typ, payload)
 }
 
-func (c *call) relayBody(body io.Reader, start time.Time) error {
+// claimFor is what the node claims for an answer: the engine's usage, or
+// when the engine reported none the estimate of engine.EstimateUsage from
+// the request and the output relayed, marked Estimated.
+func (c *call) claimFor(u *engine.Usage, request []byte, outChars, outChunks int64) p2p.NodeClaim {
+	if u != nil {
+		return p2p.NodeClaim{PromptTokens: u.PromptTokens, CompletionTokens: u.CompletionTokens}
+	}
+	e := engine.EstimateUsage(c.req.Path, request, outChars, outChunks)
+	return p2p.NodeClaim{PromptTokens: e.PromptTokens, CompletionTokens: e.CompletionTokens, Estimated: true}
+}
+
+func (c *call) relayBody(body io.Reader, request []byte, start time.Time) error {
 	data, err := io.ReadAll(io.LimitReader(body, c.n.cfg.MaxBody+1))
 	if err != nil {
 		return c.refuse(http.StatusBadGateway, "server_error", "upstream_broken", "the node's engine broke off its answer")
@@ -183,18 +193,16 @@ func (c *call) relayBody(body io.Reader, start time.Time) error {
 	if int64(len(data)) > c.n.cfg.MaxBody {
 		return c.refuse(http.StatusBadGateway, "server_error", "upstream_too_large", "the engine's answer is too large")
 	}
-	var parsed struct {
-		Usage *engine.Usage `json:"usage"`
-	}
-	if err := json.Unmarshal(data, &parsed); err != nil {
+	answer, err := engine.ParseChunk(data)
+	if err != nil {
 		return c.refuse(http.StatusBadGateway, "server_error", "upstream_bad_json", "the node's engine answered with invalid JSON")
 	}
-	claim := p2p.NodeClaim{}
-	if parsed.Usage != nil {
-		claim.PromptTokens, claim.CompletionTokens = parsed.Usage.PromptTokens, parsed.Usage.CompletionTokens
-	} else {
-		claim.Estimated = true // no usage from the engine: bill nothing we cannot count
+	if answer.Err != nil {
+		return c.upstreamError(answer.Err) // an error answered with 200
 	}
+	claim := c.claimFor(answer.Usage, request, answer.Chars, 0)
+	fill := engine.FillerFor(c.req.Path, false, c.req.RequestID, c.req.Model, start.Unix())
+	data = fill.Fill(data, &answer)
 	c.n.measure(claim.CompletionTokens, time.Since(start))
 	if err := c.header(http.StatusOK); err != nil {
 		return err
@@ -205,58 +213,75 @@ func (c *call) relayBody(body io.Reader, start time.Time) error {
 	return c.trailer(claim)
 }
 
-func (c *call) relayStream(ctx context.Context, body io.Reader, start time.Time) error {
-	if err := c.header(http.StatusOK); err != nil {
-		return err
-	}
-	if err := c.w.Flush(); err != nil {
-		return err
-	}
-	sse := engine.NewSSEReader(body)
-	var usage *engine.Usage
-	var chunks int64
+// relayStream relays an engine's stream chunk by chunk. The header waits
+// for the engine's first chunk, so an engine that fails before producing
+// anything (vLLM reports a prompt longer than its context inside a 200
+// stream) is answered like an error status: the consumer's mistake is
+// relayed as one, the engine's failure lets the gateway try another node.
+// A failure after the first chunk is never relayed as a chunk: the node
+// ends the call Incomplete, and claims only the output it relayed.
+func (c *call) relayStream(ctx context.Context, body io.Reader, request []byte, start time.Time) error {
+	s := engine.NewStream(body, engine.FillerFor(c.req.Path, true, c.req.RequestID, c.req.Model, start.Unix()))
 	var first, last time.Time
-	done := false
-	for !done {
-		data, err := sse.Next()
+	sent := false
+	var end error
+	for {
+		before := s.Chunks
+		chunk, hasUsage, err := s.Next()
 		if err != nil {
-			if !errors.Is(err, io.EOF) && ctx.Err() == nil {
-				c.n.log.Warn("engine stream broke", "request", c.req.RequestID, "err", err)
+			end = err
+			break
+		}
+		if !sent {
+			if err := c.header(http.StatusOK); err != nil {
+				return err
 			}
-			break
+			sent = true
 		}
-		if string(data) == "[DONE]" {
-			done = true
-			break
-		}
-		typ := byte(p2p.FrameData)
-		if u := engine.ChunkUsage(data); u != nil {
-			usage = u
-			typ = p2p.FrameUsage
-		}
-		if engine.ChunkHasContent(data) {
-			chunks++
+		if s.Chunks > before { // it carried output: time the generation rate
 			last = time.Now()
 			if first.IsZero() {
 				first = last
 			}
 		}
-		if err := c.write(typ, data); err != nil {
+		typ := byte(p2p.FrameData)
+		if hasUsage {
+			typ = p2p.FrameUsage
+		}
+		if err := c.write(typ, chunk); err != nil {
 			return err
 		}
 		if err := c.w.Flush(); err != nil {
 			return err
 		}
 	}
-	claim := p2p.NodeClaim{CompletionTokens: chunks, Estimated: true}
-	if usage != nil {
-		claim = p2p.NodeClaim{PromptTokens: usage.PromptTokens, CompletionTokens: usage.CompletionTokens}
+	engineErr, failed := engine.IsEngineError(end)
+	stopped := ctx.Err() != nil // the gateway asked to stop
+	switch {
+	case failed:
+		c.n.log.Warn("engine failed mid-stream", "request", c.req.RequestID, "status", engineErr.Status, "err", engineErr.Message)
+	case end != io.EOF && !stopped:
+		c.n.log.Warn("engine stream broke", "request", c.req.RequestID, "err", end)
 	}
-	// An engine that ended without [DONE] broke off, unless the gateway
-	// asked to stop.
-	claim.Incomplete = !done && ctx.Err() == nil
-	if chunks > 1 {
-		c.n.measure(chunks-1, last.Sub(first))
+	if !sent {
+		switch {
+		case failed:
+			return c.upstreamError(engineErr)
+		case stopped:
+			return ctx.Err()
+		case !s.Complete():
+			return c.refuse(http.StatusBadGateway, "server_error", "upstream_broken", "the node's engine ended its stream before answering")
+		}
+		if err := c.header(http.StatusOK); err != nil { // a complete, empty answer
+			return err
+		}
+	}
+	claim := c.claimFor(s.Usage, request, s.Chars, s.Chunks)
+	// An engine that failed, or ended without [DONE] and with a choice
+	// unfinished, broke off, unless the gateway asked to stop.
+	claim.Incomplete = failed || !s.Complete() && !stopped
+	if s.Chunks > 1 {
+		c.n.measure(s.Chunks-1, last.Sub(first))
 	}
 	return c.trailer(claim)
 }

@@ -281,9 +281,15 @@ func (e *Engine) waitGate(r *http.Request) bool {
 	}
 }
 
-// usage counts prompt words and one token per reply piece.
+// usage counts prompt words (whitespace-separated) and one token per
+// reply piece.
 func (e *Engine) usage(req request) map[string]any {
-	text := fmt.Sprint(req.Prompt, req.Input)
+	var text string
+	for _, v := range []any{req.Prompt, req.Input} {
+		if v != nil {
+			text += " " + fmt.Sprint(v)
+		}
+	}
 	for _, m := range req.Messages {
 		text += " " + fmt.Sprint(m.Content)
 	}
