@@ -26,6 +26,10 @@ func (s *Settlement) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/bounties", s.getBounties)
 	mux.HandleFunc("GET /v1/nodes", s.getNodes)
 	mux.HandleFunc("GET /v1/network", s.getNetwork)
+	mux.HandleFunc("POST /v1/nodes/cloud", s.createCloudNode)
+	mux.HandleFunc("GET /v1/nodes/cloud", s.listCloudNodes)
+	mux.HandleFunc("GET /v1/nodes/cloud/{id}", s.getCloudNode)
+	mux.HandleFunc("DELETE /v1/nodes/cloud/{id}", s.deleteCloudNode)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write([]byte(`{"status":"ok","role":"settle"}` + "\n"))

@@ -2,7 +2,9 @@
 // accounts over HTTP (POST /v1/accounts, GET /v1/account), answers nodes and
 // gateways over /tokenrouter/settle/1 (API key checks, prices, node
 // registration) and takes receipts, committing each paid call's 80/20 split
-// to the Pebble ledger in one fsync'd batch before acknowledging it.
+// to the Pebble ledger in one fsync'd batch before acknowledging it. With
+// Config.Cloud it also hosts cloud-account nodes (POST /v1/nodes/cloud): a
+// provider.Node per registered cloud API, its token sealed at rest.
 package settlement
 
 import (
@@ -36,6 +38,7 @@ type Config struct {
 	SignupLimit    int                  // accounts per client address per SignupWindow; 0 = unlimited
 	SignupWindow   time.Duration        // the window SignupLimit counts over
 	Reputation     ReputationConfig
+	Cloud          CloudConfig  // hosted cloud-account nodes; off unless Cloud.Dir is set
 	Logger         *slog.Logger // nil = discard
 }
 
@@ -51,6 +54,7 @@ func DefaultConfig() Config {
 		SignupLimit:    5,                         // SPEC §2: 5 an hour per client address
 		SignupWindow:   time.Hour,
 		Reputation:     DefaultReputationConfig(),
+		Cloud:          DefaultCloudConfig(),
 	}
 }
 
@@ -73,6 +77,8 @@ func (c *Config) Validate() error {
 		return errors.New("settlement: starting credit cannot be negative")
 	case c.SignupLimit < 0:
 		return errors.New("settlement: signup limit cannot be negative")
+	case c.Cloud.Validate() != nil:
+		return c.Cloud.Validate()
 	}
 	return c.Reputation.Validate()
 }
@@ -95,6 +101,7 @@ type Settlement struct {
 	grantsOK map[[64]byte]grantFields // grant signatures already verified
 	reg      *prometheus.Registry
 	metrics  metrics
+	cloud    *cloudNodes // nil when hosted cloud nodes are off
 }
 
 // New checks cfg and returns a settlement peer ready to Run.
@@ -126,6 +133,11 @@ func New(cfg Config) (*Settlement, error) {
 			return nil, err
 		}
 	}
+	if cfg.Cloud.Dir != "" {
+		if s.cloud, err = newCloudNodes(s, cfg.Cloud); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -148,6 +160,9 @@ func (s *Settlement) Run(ctx context.Context, ready func(httpAddr string)) error
 	})
 	loops.Go(func() { s.expireLoop(ctx, 5*time.Second) })
 	loops.Go(func() { s.bountyLoop(ctx, 10*time.Second) })
+	if s.cloud != nil {
+		loops.Go(func() { s.cloud.run(ctx) })
+	}
 	defer func() { cancel(); <-repDone; loops.Wait() }()
 	if s.cfg.HTTPAddr == "" {
 		if ready != nil {

@@ -89,9 +89,16 @@ type SettleOptions struct {
 	RampStart   float64       // fraction of declared capacity a new instance starts at (0 = default)
 	RampPeriod  time.Duration // time to full capacity (0 = default)
 	ProbeEvery  time.Duration // probe interval (0 = default)
+	// MasterKey seals hosted cloud nodes' API tokens: 32 bytes as hex or
+	// base64, the value of TOKENROUTER_MASTER_KEY. "" = MasterKeyFile.
+	MasterKey string
+	// MasterKeyFile holds the master key when MasterKey is empty; created
+	// (0600) on first start. "" = <data>/master.key.
+	MasterKeyFile string
 }
 
-// Settle runs a settlement peer until ctx ends; its ledger lives in <data>/ledger.
+// Settle runs a settlement peer until ctx ends; its ledger lives in
+// <data>/ledger, hosted cloud nodes in <data>/cloud.
 func Settle(ctx context.Context, o SettleOptions) error {
 	log := o.logger()
 	cfg := settlement.DefaultConfig()
@@ -128,6 +135,15 @@ func Settle(ctx context.Context, o SettleOptions) error {
 	}
 	defer led.Close()
 	cfg.Host, cfg.Ledger = h, led
+	keyFile := o.MasterKeyFile
+	if keyFile == "" {
+		keyFile = filepath.Join(o.Data, settlement.MasterKeyFile)
+	}
+	if cfg.Cloud.Box, err = settlement.LoadMasterKey(o.MasterKey, keyFile); err != nil {
+		return err
+	}
+	log.Info("master key for cloud tokens", "source", cfg.Cloud.Box.Source(), "key_id", cfg.Cloud.Box.KeyID())
+	cfg.Cloud.Dir = filepath.Join(o.Data, "cloud")
 	s, err := settlement.New(cfg)
 	if err != nil {
 		return err
