@@ -5,12 +5,14 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/tokenrouter/tokenrouter/internal/launch"
+	"github.com/tokenrouter/tokenrouter/nodecore/provider"
 	"github.com/tokenrouter/tokenrouter/p2p"
 )
 
 func newNodeCmd(g *globals) *cobra.Command {
 	var p p2pFlags
 	o := launch.NodeOptions{}
+	var modelCapacity []string
 	cmd := &cobra.Command{
 		Use:   "node",
 		Short: "Serve models from an OpenAI-compatible engine and earn credits",
@@ -25,6 +27,11 @@ other users of the machine.`,
 		Args:    cobra.NoArgs,
 		RunE: p.runE(g, func(ctx context.Context, c launch.Common) error {
 			o.Common = c
+			caps, err := provider.ParseModelCapacity(modelCapacity)
+			if err != nil {
+				return err
+			}
+			o.ModelCapacity = caps
 			return launch.Node(ctx, o)
 		}),
 	}
@@ -34,7 +41,9 @@ other users of the machine.`,
 	f.StringVar(&o.Upstream, "upstream", "http://127.0.0.1:11434/v1", "base URL of the engine's OpenAI-compatible API")
 	f.StringVar(&o.UpstreamTokenFile, "upstream-token-file", "", "file holding the bearer token for the engine (cloud APIs)")
 	f.StringVar(&o.AccountKey, "account-key", "", "API key of the account this node earns for")
-	f.IntVar(&o.Capacity, "capacity", 8, "concurrent calls this node takes")
+	f.IntVar(&o.Capacity, "capacity", 8, "concurrent calls this node takes per model (the default for every model)")
+	f.StringArrayVar(&modelCapacity, "model-capacity", nil,
+		"concurrent calls for one model, NAME=N, overriding --capacity (repeatable; e.g. --model-capacity llama3.2=2 --model-capacity Qwen/Qwen2.5-7B-Instruct=16). A full model answers node_full; the others keep serving")
 	f.StringArrayVar(&o.Models, "model", nil, "serve only this model (repeatable; default: every model the engine lists)")
 	f.BoolVar(&o.Synthetic, "synthetic", false, "label this node's engine as the synthetic engine in announcements")
 	return cmd

@@ -165,7 +165,8 @@ type NodeOptions struct {
 	Upstream          string
 	UpstreamTokenFile string
 	AccountKey        string
-	Capacity          int
+	Capacity          int            // concurrent calls per model (0 = the node default)
+	ModelCapacity     map[string]int // per-model overrides of Capacity (--model-capacity NAME=N)
 	Models            []string
 	Synthetic         bool
 }
@@ -200,6 +201,7 @@ func Node(ctx context.Context, o NodeOptions) error {
 	if o.Capacity > 0 {
 		cfg.Capacity = o.Capacity
 	}
+	cfg.ModelCapacity = o.ModelCapacity
 	n, err := provider.New(cfg)
 	if err != nil {
 		return err
