@@ -202,7 +202,7 @@ func TestQuirkyEnginesWhole(t *testing.T) {
 				if contentOf(t, out) != want || c.Chars != int64(len([]rune(want))) || !c.Content {
 					t.Errorf("content %q, %d chars", contentOf(t, out), c.Chars)
 				}
-				if (c.Usage != nil) != (f != enginetest.NoUsage) {
+				if (c.Usage != nil) != reportsUsage(f) {
 					t.Errorf("usage %+v", c.Usage)
 				}
 				if f == enginetest.LlamaCpp && !bytes.Contains(out, []byte(`"timings":{`)) {

@@ -293,7 +293,7 @@ func TestServeQuirkyEngines(t *testing.T) {
 			if a.hdr.Status != 200 || a.trailer == nil || !conforming(a.body(t), engine.ObjectChatCompletion) {
 				t.Fatalf("status %d: %v", a.hdr.Status, a.frames)
 			}
-			if a.trailer.Claim.Estimated != (f == enginetest.NoUsage) || a.trailer.Claim.CompletionTokens == 0 {
+			if a.trailer.Claim.Estimated == hasUsage || a.trailer.Claim.CompletionTokens == 0 {
 				t.Errorf("claim %+v", a.trailer.Claim)
 			}
 			// The engine was asked for the model by its own id.

@@ -22,7 +22,8 @@
 //     usage in the last chunk, a mid-stream failure as a chunk with a
 //     top-level "error" and finish_reason "error".
 //   - [MLX]: ids like "mlx-community/Llama-3.2-3B-Instruct-4bit"; the stream
-//     ends after the finish_reason chunk without [DONE] and without usage.
+//     ends after the finish_reason chunk without [DONE]; no usage anywhere,
+//     streamed or not (as some MLX servers).
 //   - [Bare]: a minimal server whose chunks and answers have no "id",
 //     "created" or "object".
 //
@@ -345,7 +346,7 @@ func (e *Engine) whole(req request, chat bool) map[string]any {
 	}
 	out["choices"] = []any{choice}
 	switch e.cfg.Flavor {
-	case NoUsage:
+	case NoUsage, MLX:
 	case LlamaCpp:
 		out["usage"] = e.usage(req)
 		out["timings"] = timings(len(e.cfg.Reply))
