@@ -506,6 +506,8 @@ func TestEstimateUsage(t *testing.T) {
 		{"completion token ids", "/completions", `{"prompt":[1,2,3]}`, 0, 0, Usage{PromptTokens: 3, TotalTokens: 3}},
 		{"embeddings nested ids", "/embeddings", `{"input":[[1,2],[3]]}`, 0, 0, Usage{PromptTokens: 3, TotalTokens: 3}},
 		{"embeddings string", "/embeddings", `{"input":"abcde"}`, 0, 0, Usage{PromptTokens: 2, TotalTokens: 2}},
+		{"docs/usage-estimation.md example", "/chat/completions", `{"messages":[{"role":"user","content":"Say hello, please"}]}`, 13, 4,
+			Usage{PromptTokens: 5, CompletionTokens: 4, TotalTokens: 9}},
 		{"odd types", "/chat/completions", `{"messages":"nope"}`, 0, 0, Usage{}},
 		{"not json", "/chat/completions", `nope`, 8, 0, Usage{CompletionTokens: 2, TotalTokens: 2}},
 	} {
