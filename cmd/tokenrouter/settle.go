@@ -33,7 +33,8 @@ The API tokens are sealed with AES-256-GCM under a master key:
 Without it the key is read from --master-key-file (default <data>/master.key),
 which is created with a random key on first start and must be mode 0600.
 Start again with the same key: another key is refused, never used on the
-old tokens. Keep the key out of backups of the data directory.`,
+old tokens. Back the key up apart from the data directory: a copy of both
+opens the tokens; losing the key loses them (the accounts re-register).`,
 		Example: "  tokenrouter settle --data D --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --http 127.0.0.1:8090",
 		Args:    cobra.NoArgs,
 		RunE: p.runE(g, func(ctx context.Context, c launch.Common) error {
