@@ -4,53 +4,89 @@ package engine
 // can have one field replaced without decoding and re-encoding the rest
 // (bodies reach megabytes with images or long contexts).
 
-// topLevelValue returns the byte span [start,end) of the value of key in
-// the JSON object b, comparing the key's raw (still escaped) text. ok is
-// false when b is not an object or has no such key.
-func topLevelValue(b []byte, key string) (start, end int, ok bool) {
+// eachTopLevel calls fn with each top-level key of the JSON object b (its
+// raw, still escaped text) and the byte span [start,end) of its value. It
+// reports whether b is an object the scan could follow to its end; it does
+// not validate scalars or the inside of strings.
+func eachTopLevel(b []byte, fn func(key []byte, start, end int)) bool {
 	i := skipWS(b, 0)
 	if i >= len(b) || b[i] != '{' {
-		return 0, 0, false
+		return false
 	}
-	i++
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return skipWS(b, i+1) == len(b)
+	}
 	for {
-		i = skipWS(b, i)
-		if i >= len(b) || b[i] == '}' {
-			return 0, 0, false
-		}
-		if b[i] != '"' {
-			return 0, 0, false
+		if i >= len(b) || b[i] != '"' {
+			return false
 		}
 		kEnd := skipString(b, i)
 		if kEnd < 0 {
-			return 0, 0, false
+			return false
 		}
-		k := b[i+1 : kEnd-1]
+		key := b[i+1 : kEnd-1]
 		i = skipWS(b, kEnd)
 		if i >= len(b) || b[i] != ':' {
-			return 0, 0, false
+			return false
 		}
 		i = skipWS(b, i+1)
 		vEnd := skipValue(b, i)
 		if vEnd < 0 {
-			return 0, 0, false
+			return false
 		}
-		if string(k) == key {
-			return i, vEnd, true
-		}
+		fn(key, i, vEnd)
 		i = skipWS(b, vEnd)
 		if i >= len(b) {
-			return 0, 0, false
+			return false
 		}
 		switch b[i] {
 		case ',':
-			i++
+			i = skipWS(b, i+1)
 		case '}':
-			return 0, 0, false
+			return skipWS(b, i+1) == len(b)
 		default:
-			return 0, 0, false
+			return false
 		}
 	}
+}
+
+// topLevelValue returns the span [start,end) of the value of key in the
+// JSON object b, comparing the key's raw text. A key given twice yields its
+// last value, the one JSON decoders (Go's, Python's) keep. ok is false when
+// b is not an object or has no such key.
+func topLevelValue(b []byte, key string) (start, end int, ok bool) {
+	found := false
+	valid := eachTopLevel(b, func(k []byte, s, e int) {
+		if string(k) == key {
+			start, end, found = s, e, true
+		}
+	})
+	return start, end, valid && found
+}
+
+// splice returns b with [start,end) replaced by with, in a new slice.
+func splice(b []byte, start, end int, with []byte) []byte {
+	out := make([]byte, 0, len(b)-(end-start)+len(with))
+	out = append(out, b[:start]...)
+	out = append(out, with...)
+	return append(out, b[end:]...)
+}
+
+// insertField returns the object obj (a JSON object's bytes, starting with
+// '{' after optional whitespace) with `"key":value` added as its first
+// field, in a new slice.
+func insertField(obj []byte, key string, value []byte) []byte {
+	open := skipWS(obj, 0) + 1
+	field := make([]byte, 0, len(key)+len(value)+4)
+	field = append(field, '"')
+	field = append(field, key...)
+	field = append(field, '"', ':')
+	field = append(field, value...)
+	if i := skipWS(obj, open); i < len(obj) && obj[i] != '}' {
+		field = append(field, ',')
+	}
+	return splice(obj, open, open, field)
 }
 
 // skipWS returns the index of the first non-whitespace byte at or after i.

@@ -23,8 +23,9 @@ func CanonicalModel(name string) string {
 	return name
 }
 
-// WithModel returns body with its top-level "model" replaced by model; the
-// rest of the body is copied byte for byte, not re-encoded. A body that is
+// WithModel returns body with its top-level "model" replaced by model (the
+// last one, should the body name it twice); the rest of the body is copied
+// byte for byte, not re-encoded. A body that is
 // not a JSON object, or has no "model", is an error wrapping
 // [ErrInvalidBody].
 func WithModel(body []byte, model string) ([]byte, error) {
@@ -36,8 +37,5 @@ func WithModel(body []byte, model string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("engine: encode model: %w", err)
 	}
-	out := make([]byte, 0, len(body)-(end-start)+len(name))
-	out = append(out, body[:start]...)
-	out = append(out, name...)
-	return append(out, body[end:]...), nil
+	return splice(body, start, end, name), nil
 }

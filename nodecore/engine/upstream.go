@@ -152,52 +152,50 @@ func (u *Upstream) Do(ctx context.Context, path string, body []byte) (*http.Resp
 
 // WithUsage returns body rewritten so the engine always reports usage: when
 // "stream" is true it sets "stream_options":{"include_usage":true}, keeping
-// other stream_options keys; otherwise body is returned unchanged. Every
-// other field passes through untouched (as raw JSON). A body that is not a
-// JSON object is an error wrapping [ErrInvalidBody].
+// other stream_options keys; otherwise body is returned unchanged. The body
+// is edited in place of the one value, never decoded and re-encoded, so
+// every other byte passes through and a long prompt costs one scan. A body
+// that is not a JSON object is an error wrapping [ErrInvalidBody].
 func WithUsage(body []byte) ([]byte, error) {
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(body, &top); err != nil || top == nil {
-		if err == nil {
-			err = errors.New("null")
+	stream, opts := [2]int{-1, -1}, [2]int{-1, -1}
+	if !eachTopLevel(body, func(k []byte, s, e int) {
+		switch string(k) {
+		case "stream":
+			stream = [2]int{s, e}
+		case "stream_options":
+			opts = [2]int{s, e}
 		}
-		return nil, fmt.Errorf("%w: %v", ErrInvalidBody, err)
+	}) {
+		return nil, fmt.Errorf("%w: not a JSON object", ErrInvalidBody)
 	}
-	var stream bool
-	if raw, ok := top["stream"]; !ok || json.Unmarshal(raw, &stream) != nil || !stream {
+	if stream[0] < 0 || string(body[stream[0]:stream[1]]) != "true" {
 		return body, nil
 	}
-	var opts map[string]json.RawMessage
-	if raw, ok := top["stream_options"]; ok {
-		if err := json.Unmarshal(raw, &opts); err != nil {
-			return nil, fmt.Errorf("%w: stream_options: %v", ErrInvalidBody, err)
+	if opts[0] < 0 {
+		return insertField(body, "stream_options", []byte(`{"include_usage":true}`)), nil
+	}
+	v := body[opts[0]:opts[1]]
+	if string(v) == "null" {
+		return splice(body, opts[0], opts[1], []byte(`{"include_usage":true}`)), nil
+	}
+	if v[0] != '{' {
+		return nil, fmt.Errorf("%w: stream_options is not an object", ErrInvalidBody)
+	}
+	s, e, found := -1, -1, false
+	if !eachTopLevel(v, func(k []byte, vs, ve int) {
+		if string(k) == "include_usage" {
+			s, e, found = vs, ve, true
 		}
+	}) {
+		return nil, fmt.Errorf("%w: stream_options is not an object", ErrInvalidBody)
 	}
-	if string(opts["include_usage"]) == "true" {
+	switch {
+	case found && string(v[s:e]) == "true":
 		return body, nil
+	case found:
+		return splice(body, opts[0]+s, opts[0]+e, []byte("true")), nil
 	}
-	if opts == nil {
-		opts = make(map[string]json.RawMessage, 1)
-	}
-	opts["include_usage"] = json.RawMessage("true")
-	raw, err := marshalRaw(opts)
-	if err != nil {
-		return nil, err
-	}
-	top["stream_options"] = raw
-	return marshalRaw(top)
-}
-
-// marshalRaw encodes m without HTML escaping, so raw values pass through
-// as they came.
-func marshalRaw(m map[string]json.RawMessage) ([]byte, error) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(m); err != nil {
-		return nil, fmt.Errorf("engine: encode body: %w", err)
-	}
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+	return splice(body, opts[0], opts[1], insertField(v, "include_usage", []byte("true"))), nil
 }
 
 // readStatusError builds a *StatusError from a non-2xx response, preferring
