@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -284,7 +285,7 @@ func (c *cloudNodes) bootstrap() []string {
 func selfAddr(h *p2p.Host) string {
 	addrs := h.FullAddrs()
 	for _, a := range addrs {
-		if len(a) > 14 && (a[:14] == "/ip4/127.0.0.1" || a[:8] == "/ip6/::1") {
+		if strings.HasPrefix(a, "/ip4/127.") || strings.HasPrefix(a, "/ip6/::1/") {
 			return a
 		}
 	}
