@@ -44,6 +44,8 @@ other users of the machine.`,
 	f.IntVar(&o.Capacity, "capacity", 8, "concurrent calls this node takes per model (the default for every model)")
 	f.StringArrayVar(&modelCapacity, "model-capacity", nil,
 		"concurrent calls for one model, NAME=N, overriding --capacity (repeatable; e.g. --model-capacity llama3.2=2 --model-capacity Qwen/Qwen2.5-7B-Instruct=16). A full model answers node_full; the others keep serving")
+	f.IntVar(&o.MaxInFlight, "max-in-flight", 0,
+		"concurrent calls across all models (0 = no cap beyond each model's capacity); for an engine limited as a whole, such as a cloud API key")
 	f.StringArrayVar(&o.Models, "model", nil, "serve only this model (repeatable; default: every model the engine lists)")
 	f.BoolVar(&o.Synthetic, "synthetic", false, "label this node's engine as the synthetic engine in announcements")
 	return cmd

@@ -167,6 +167,7 @@ type NodeOptions struct {
 	AccountKey        string
 	Capacity          int            // concurrent calls per model (0 = the node default)
 	ModelCapacity     map[string]int // per-model overrides of Capacity (--model-capacity NAME=N)
+	MaxInFlight       int            // calls in flight across all models (0 = no cap)
 	Models            []string
 	Synthetic         bool
 }
@@ -201,7 +202,7 @@ func Node(ctx context.Context, o NodeOptions) error {
 	if o.Capacity > 0 {
 		cfg.Capacity = o.Capacity
 	}
-	cfg.ModelCapacity = o.ModelCapacity
+	cfg.ModelCapacity, cfg.MaxInFlight = o.ModelCapacity, o.MaxInFlight
 	n, err := provider.New(cfg)
 	if err != nil {
 		return err

@@ -33,14 +33,18 @@ type Config struct {
 	// are one model). A model that is full answers node_full without
 	// affecting the others.
 	ModelCapacity map[string]int
-	Synthetic     bool          // the upstream is the synthetic engine (shown in announcements)
-	Hardware      string        // shown in announcements; "" = a CPU description
-	Logger        *slog.Logger  // nil = discard
-	Announce      time.Duration // minimum gap between announcements on change
-	Heartbeat     time.Duration // an announcement at least this often even without change
-	MaxBody       int64         // largest upstream response body read for a non-streamed call
-	MaxRequest    int64         // largest request body a gateway may send
-	WriteTimeout  time.Duration // a gateway that reads nothing for this long loses the stream
+	// MaxInFlight caps the calls in flight across all models (0 = no cap
+	// beyond each model's capacity): for an upstream whose limit is the
+	// whole engine's, such as a cloud API key's concurrency.
+	MaxInFlight  int
+	Synthetic    bool          // the upstream is the synthetic engine (shown in announcements)
+	Hardware     string        // shown in announcements; "" = a CPU description
+	Logger       *slog.Logger  // nil = discard
+	Announce     time.Duration // minimum gap between announcements on change
+	Heartbeat    time.Duration // an announcement at least this often even without change
+	MaxBody      int64         // largest upstream response body read for a non-streamed call
+	MaxRequest   int64         // largest request body a gateway may send
+	WriteTimeout time.Duration // a gateway that reads nothing for this long loses the stream
 }
 
 // DefaultConfig returns the defaults; Host, Upstream and Platform must be set.
@@ -68,6 +72,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("provider: capacity must be at least 1, got %d", c.Capacity)
 	case c.modelCapacityErr() != nil:
 		return c.modelCapacityErr()
+	case c.MaxInFlight < 0:
+		return fmt.Errorf("provider: max in flight must be 0 (no cap) or more, got %d", c.MaxInFlight)
 	case c.Announce < 100*time.Millisecond || c.Heartbeat < c.Announce:
 		return errors.New("provider: announce interval must be >= 100ms and heartbeat >= announce")
 	case c.MaxBody <= 0 || c.MaxRequest <= 0 || c.WriteTimeout <= 0:
@@ -122,6 +128,7 @@ type Node struct {
 	mu        sync.Mutex
 	models    []string             // announced (canonical) names, in the engine's order
 	instances map[string]*instance // by announced name
+	inFlight  int                  // calls in flight across models, for MaxInFlight
 	tokPerS   float64              // EWMA of measured generation rate
 	changed   chan struct{}
 	seq       uint64
@@ -265,7 +272,7 @@ func (n *Node) setModels(ids []string) {
 // acquire takes a slot on model (any name whose canonical form the node
 // serves) for gateway gw. It returns the instance's engine id; ok is false
 // when the node does not serve the model, full when the model is at its
-// capacity.
+// capacity or the node at MaxInFlight.
 func (n *Node) acquire(model, gw string) (engineID string, ok, full bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -273,9 +280,10 @@ func (n *Node) acquire(model, gw string) (engineID string, ok, full bool) {
 	if in == nil {
 		return "", false, false
 	}
-	if in.inFlight >= in.capacity {
+	if in.inFlight >= in.capacity || n.cfg.MaxInFlight > 0 && n.inFlight >= n.cfg.MaxInFlight {
 		return in.engine, true, true
 	}
+	n.inFlight++
 	in.inFlight++
 	in.byPeer[gw]++
 	return in.engine, true, false
@@ -289,6 +297,7 @@ func (n *Node) release(model, gw string) {
 	if in == nil {
 		return
 	}
+	n.inFlight = max(n.inFlight-1, 0)
 	in.inFlight = max(in.inFlight-1, 0)
 	if in.byPeer[gw]--; in.byPeer[gw] <= 0 {
 		delete(in.byPeer, gw)

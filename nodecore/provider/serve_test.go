@@ -575,3 +575,26 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestServeMaxInFlight(t *testing.T) {
+	// A cloud API key limits the whole engine, not each model.
+	gate := make(chan struct{})
+	e := enginetest.Start(enginetest.Config{Flavor: enginetest.Cloud, Gate: gate})
+	defer e.Close()
+	tn := startNode(t, e.BaseURL(), func(c *Config) { c.Capacity, c.MaxInFlight = 4, 1 })
+	models := enginetest.DefaultModels(enginetest.Cloud)
+	held := tn.open(t, "/chat/completions", models[0], true, chatBody(models[0], true))
+	defer held.Close()
+	waitFor(t, "a call in flight", func() bool { return tn.Announcement().Models[0].InFlight == 1 })
+	if a := tn.call(t, "/chat/completions", models[1], true, chatBody(models[1], true)); a.hdr.Status != 429 {
+		t.Errorf("second model with the node at MaxInFlight: %+v", a.hdr)
+	}
+	close(gate)
+	if a := readAnswer(t, bufio.NewReader(held), tn); a.hdr.Status != 200 || a.trailer == nil {
+		t.Errorf("held call: %+v", a.hdr)
+	}
+	waitFor(t, "slot released", func() bool { return tn.Announcement().Models[0].InFlight == 0 })
+	if a := tn.call(t, "/chat/completions", models[1], true, chatBody(models[1], true)); a.hdr.Status != 200 {
+		t.Errorf("after release: %+v", a.hdr)
+	}
+}
