@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/tokenrouter/tokenrouter/internal/openai"
+	"github.com/tokenrouter/tokenrouter/nodecore/engine"
 	"github.com/tokenrouter/tokenrouter/p2p"
 )
 
@@ -101,7 +102,7 @@ func (g *Gateway) model(w http.ResponseWriter, r *http.Request) {
 	if _, ok := g.authorize(w, r); !ok {
 		return
 	}
-	id := r.PathValue("model")
+	id := engine.CanonicalModel(r.PathValue("model"))
 	for _, m := range g.view.Models() {
 		if m.ID == id {
 			w.Header().Set("Content-Type", "application/json")

@@ -20,6 +20,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/tokenrouter/tokenrouter/gateway/route"
 	"github.com/tokenrouter/tokenrouter/internal/openai"
+	"github.com/tokenrouter/tokenrouter/nodecore/engine"
 	"github.com/tokenrouter/tokenrouter/p2p"
 	"github.com/tokenrouter/tokenrouter/settlement/economy"
 )
@@ -94,6 +95,9 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, r
 	if meta.Model == "" {
 		return fail(w, http.StatusBadRequest, "invalid_request_error", "model", "missing_required_parameter", "you must provide a model parameter")
 	}
+	// "llama3.2:latest" and "llama3.2" are one model (Ollama's rule); the
+	// network knows it by the short name. The body keeps the caller's.
+	meta.Model = engine.CanonicalModel(meta.Model)
 	if meta.MaxTokens > g.cfg.MaxTokens {
 		param := "max_tokens"
 		if bytes.Contains(body, []byte(`"max_completion_tokens"`)) {

@@ -216,8 +216,12 @@ func (rl *relay) stream() (int, *attemptError) {
 	rl.s.Close()
 	cl := trailer.Claim
 	completion := cl.CompletionTokens
-	if clientGone || usage == nil || cl.Incomplete {
-		completion = min(completion, delivered) // bill only what reached the client
+	// Bill only what reached the client: a cut stream is capped by the
+	// chunks delivered. A whole stream whose engine reported no usage is
+	// billed on the node's estimate (docs/usage-estimation.md), which
+	// billed() caps by the bytes delivered like any claim.
+	if clientGone || cl.Incomplete || usage == nil && !cl.Estimated {
+		completion = min(completion, delivered)
 	}
 	prompt, completion := rl.billed(cl, completion, deliveredBytes)
 	price := g.price(c.meta.Model)
@@ -342,7 +346,40 @@ func withCost(body []byte, prompt, completion, cost int64, estimated bool) ([]by
 		set("estimated", true)
 	}
 	obj["usage"], _ = json.Marshal(usage)
+	if ch := obj["choices"]; len(ch) > 2 && (!bytes.Contains(ch, []byte(`"logprobs"`)) ||
+		bytes.Contains(ch, []byte(`"message"`)) && !bytes.Contains(ch, []byte(`"refusal"`))) {
+		if filled, err := fillChoices(ch); err == nil {
+			obj["choices"] = filled
+		}
+	}
 	return json.Marshal(obj)
+}
+
+// fillChoices adds the fields OpenAI's answers always carry and many
+// engines (Ollama, llama.cpp, vLLM, MLX) leave out: each choice's
+// "logprobs" and each message's "refusal", null when absent, so strict
+// clients and schema checks accept the answer.
+func fillChoices(raw json.RawMessage) (json.RawMessage, error) {
+	var choices []map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &choices); err != nil {
+		return nil, err
+	}
+	null := json.RawMessage("null")
+	for _, c := range choices {
+		if _, ok := c["logprobs"]; !ok {
+			c["logprobs"] = null
+		}
+		if m, ok := c["message"]; ok {
+			var msg map[string]json.RawMessage
+			if json.Unmarshal(m, &msg) == nil && msg != nil {
+				if _, ok := msg["refusal"]; !ok {
+					msg["refusal"] = null
+					c["message"], _ = json.Marshal(msg)
+				}
+			}
+		}
+	}
+	return json.Marshal(choices)
 }
 
 // bill signs a receipt for what the consumer is charged and queues it.

@@ -110,7 +110,7 @@ func (v *View) apply(id peer.ID, m p2p.ModelLoad, a *p2p.Announcement, now time.
 	}
 	// This gateway's share of the gossiped count is stale; Table adds its
 	// live count instead.
-	others := m.InFlight - a.InFlightBy[v.self]
+	others := m.InFlight - m.InFlightBy[v.self]
 	t.SetLoad(h, nodecore.EffectiveCapacity(m.Capacity, ramp), others, a.TokPerSec, now)
 }
 

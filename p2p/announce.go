@@ -30,11 +30,8 @@ type Announcement struct {
 	Synthetic bool        `json:"synthetic,omitempty"` // served by the synthetic engine
 	Models    []ModelLoad `json:"models"`
 	TokPerSec float64     `json:"tok_s"` // measured generation rate, 0 until measured
-	// InFlightBy splits the calls in flight by the gateway that sent them,
-	// so a gateway can replace its own (stale) share with what it knows now.
-	InFlightBy map[string]int `json:"in_flight_by,omitempty"`
-	TimeMs     int64          `json:"time_ms"`
-	Seq        uint64         `json:"seq"`
+	TimeMs    int64       `json:"time_ms"`
+	Seq       uint64      `json:"seq"`
 }
 
 // ModelLoad is one instance: a model on a node, its declared capacity
@@ -43,6 +40,10 @@ type ModelLoad struct {
 	Model    string `json:"model"`
 	Capacity int    `json:"capacity"`
 	InFlight int    `json:"in_flight"`
+	// InFlightBy splits InFlight by the gateway (peer id) that sent the
+	// calls, so a gateway can replace its own, stale, share with what it
+	// knows now.
+	InFlightBy map[string]int `json:"in_flight_by,omitempty"`
 }
 
 // JoinLoadTopic joins the load topic with a validator that drops forged,

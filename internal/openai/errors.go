@@ -56,37 +56,3 @@ func BearerKey(r *http.Request) (string, bool) {
 	key := strings.TrimSpace(h[len(prefix):])
 	return key, key != ""
 }
-
-// NormalizeError returns an engine's error body in OpenAI's shape. Bodies
-// already in it pass through; vLLM's {"object":"error","message":..} and
-// plain text are wrapped. The message is cut to 1,000 bytes.
-func NormalizeError(status int, body []byte) []byte {
-	var shaped struct {
-		Error *ErrorDetail `json:"error"`
-	}
-	if json.Unmarshal(body, &shaped) == nil && shaped.Error != nil && shaped.Error.Message != "" {
-		return body
-	}
-	typ := "invalid_request_error"
-	if status >= 500 {
-		typ = "server_error"
-	}
-	var flat struct {
-		Message string `json:"message"`
-		Type    string `json:"type"`
-	}
-	msg := strings.TrimSpace(string(body))
-	if json.Unmarshal(body, &flat) == nil && flat.Message != "" {
-		msg = flat.Message
-		if flat.Type != "" {
-			typ = flat.Type
-		}
-	}
-	if msg == "" {
-		msg = http.StatusText(status)
-	}
-	if len(msg) > 1000 {
-		msg = msg[:1000]
-	}
-	return ErrorJSON(typ, "", "", msg)
-}

@@ -3,6 +3,7 @@ package provider
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"time"
 
 	"github.com/tokenrouter/tokenrouter/p2p"
@@ -48,13 +49,11 @@ func (n *Node) Announcement() p2p.Announcement {
 	}
 	for _, m := range n.models {
 		in := n.instances[m]
-		a.Models = append(a.Models, p2p.ModelLoad{Model: m, Capacity: in.capacity, InFlight: in.inFlight})
-		for gw, k := range in.byPeer {
-			if a.InFlightBy == nil {
-				a.InFlightBy = map[string]int{}
-			}
-			a.InFlightBy[gw] += k // the wire format splits by gateway for the node as a whole
+		ml := p2p.ModelLoad{Model: m, Capacity: in.capacity, InFlight: in.inFlight}
+		if len(in.byPeer) > 0 {
+			ml.InFlightBy = maps.Clone(in.byPeer)
 		}
+		a.Models = append(a.Models, ml)
 	}
 	return a
 }

@@ -514,8 +514,9 @@ func TestServePerModelCapacity(t *testing.T) {
 	}
 	other := tn.open(t, "/chat/completions", "qwen2.5:7b", true, chatBody("qwen2.5:7b", true))
 	waitFor(t, "qwen in flight", func() bool { return load()["qwen2.5:7b"].InFlight == 1 })
-	if l := load(); l["llama3.2"].InFlight != 1 || tn.Announcement().InFlightBy[tn.gw.ID().String()] != 2 {
-		t.Errorf("load %+v, by gateway %v", l, tn.Announcement().InFlightBy)
+	gw := tn.gw.ID().String()
+	if l := load(); l["llama3.2"].InFlight != 1 || l["llama3.2"].InFlightBy[gw] != 1 || l["qwen2.5:7b"].InFlightBy[gw] != 1 {
+		t.Errorf("load by model and gateway: %+v", l)
 	}
 	close(gate)
 	for _, s := range []network.Stream{held, other} {
@@ -527,7 +528,7 @@ func TestServePerModelCapacity(t *testing.T) {
 	}
 	waitFor(t, "slots released", func() bool {
 		l := load()
-		return l["llama3.2"].InFlight == 0 && l["qwen2.5:7b"].InFlight == 0 && tn.Announcement().InFlightBy == nil
+		return l["llama3.2"].InFlight == 0 && l["qwen2.5:7b"].InFlight == 0 && l["llama3.2"].InFlightBy == nil && l["qwen2.5:7b"].InFlightBy == nil
 	})
 }
 
