@@ -119,7 +119,7 @@ func (u *Upstream) Models(ctx context.Context) ([]Model, error) {
 	}
 	defer drainClose(resp.Body)
 	if resp.StatusCode/100 != 2 {
-		return nil, readStatusError(resp)
+		return nil, u.redactErr(readStatusError(resp))
 	}
 	var list struct {
 		Data []Model `json:"data"`
@@ -196,6 +196,40 @@ func WithUsage(body []byte) ([]byte, error) {
 		return splice(body, opts[0]+s, opts[0]+e, []byte("true")), nil
 	}
 	return splice(body, opts[0], opts[1], insertField(v, "include_usage", []byte("true"))), nil
+}
+
+// Redacted is what a token becomes in any text the node logs or relays.
+const Redacted = "[redacted]"
+
+// Redact returns s with the upstream's token replaced by [Redacted]. Some
+// providers quote the key they were given in their error messages; a node
+// relays those messages to gateways and logs them, so every error text
+// from the engine passes through here first.
+func (u *Upstream) Redact(s string) string {
+	if u == nil || u.Token == "" || !strings.Contains(s, u.Token) {
+		return s
+	}
+	return strings.ReplaceAll(s, u.Token, Redacted)
+}
+
+// RedactError returns e with its message and fields redacted (see Redact).
+func (u *Upstream) RedactError(e *APIError) *APIError {
+	if e == nil {
+		return nil
+	}
+	c := *e
+	c.Message, c.Type, c.Param, c.Code = u.Redact(c.Message), u.Redact(c.Type), u.Redact(c.Param), u.Redact(c.Code)
+	return &c
+}
+
+func (u *Upstream) redactErr(err error) error {
+	var se *StatusError
+	if errors.As(err, &se) {
+		c := *se
+		c.Message = u.Redact(c.Message)
+		return &c
+	}
+	return err
 }
 
 // readStatusError builds a *StatusError from a non-2xx response, preferring

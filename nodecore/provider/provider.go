@@ -26,6 +26,7 @@ type Config struct {
 	Upstream   *engine.Upstream
 	Platform   peer.ID  // the settlement peer to register with
 	AccountKey string   // API key of the operator's account; "" = earnings accrue to node:<peer id>
+	Linked     bool     // linked to its account by the settlement peer itself (hosted nodes): no AccountKey, no registration
 	Models     []string // models to serve; empty = every model the engine lists
 	Capacity   int      // concurrent calls per model this node takes, unless ModelCapacity names the model
 	// ModelCapacity overrides Capacity for the models it names (by the
@@ -307,6 +308,9 @@ func (n *Node) release(model, gw string) {
 // register links this node to the operator's account, retrying while the
 // settlement peer is unreachable and failing on a key it rejects.
 func (n *Node) register(ctx context.Context) error {
+	if n.cfg.Linked {
+		return nil // the settlement peer linked this node itself (a hosted node)
+	}
 	if n.cfg.AccountKey == "" {
 		n.log.Warn("no --account-key: earnings accrue to this node's own account until it is linked")
 		return nil

@@ -127,6 +127,7 @@ func (c *call) serve(parent context.Context) error {
 // reported inside a stream before any output) is the node's failure, so
 // the gateway tries another node.
 func (c *call) upstreamError(e *engine.APIError) error {
+	e = c.n.cfg.Upstream.RedactError(e) // some providers quote the key they were given
 	status := e.Status
 	switch {
 	case e.ConsumerFault():
@@ -256,6 +257,7 @@ func (c *call) relayStream(ctx context.Context, body io.Reader, request []byte, 
 		}
 	}
 	engineErr, failed := engine.IsEngineError(end)
+	engineErr = c.n.cfg.Upstream.RedactError(engineErr)
 	stopped := ctx.Err() != nil // the gateway asked to stop
 	switch {
 	case failed:
