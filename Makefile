@@ -23,6 +23,9 @@ FUZZTIME ?= 5s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseMeta$$' -fuzztime $(FUZZTIME) ./internal/openai/
 	$(GO) test -run '^$$' -fuzz '^FuzzSSEReader$$' -fuzztime $(FUZZTIME) ./nodecore/engine/
+	$(GO) test -run '^$$' -fuzz '^FuzzStream$$' -fuzztime $(FUZZTIME) ./nodecore/engine/
+	$(GO) test -run '^$$' -fuzz '^FuzzWithUsage$$' -fuzztime $(FUZZTIME) ./nodecore/engine/
+	$(GO) test -run '^$$' -fuzz '^FuzzWithModel$$' -fuzztime $(FUZZTIME) ./nodecore/engine/
 	$(GO) test -run '^$$' -fuzz '^FuzzReceiptBatchDecode$$' -fuzztime $(FUZZTIME) ./p2p/
 
 # The whole mesh on 127.0.0.1 (bootstrap, settlement, 3 synthetic nodes, a gateway).

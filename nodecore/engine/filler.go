@@ -50,6 +50,24 @@ func FillerFor(path string, stream bool, requestID, model string, created int64)
 // nothing is missing.
 func (f *Filler) Fill(b []byte, c *Chunk) []byte {
 	m := c.missing
+	// ParseChunk matches keys as Go does, ignoring case; consumers' SDKs
+	// (Python, JavaScript) do not, so "oBjeCt" is no "object" to them. The
+	// exact top-level keys decide.
+	present := field(0)
+	if eachTopLevel(b, func(key []byte, _, _ int) {
+		switch string(key) {
+		case "id":
+			present |= fieldID
+		case "object":
+			present |= fieldObject
+		case "created":
+			present |= fieldCreated
+		case "model":
+			present |= fieldModel
+		}
+	}) {
+		m = (fieldID | fieldObject | fieldCreated | fieldModel) &^ present
+	}
 	if f.ID == "" {
 		m &^= fieldID
 	}
