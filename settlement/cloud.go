@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -35,6 +34,10 @@ type CloudConfig struct {
 	MaxNodes      int           // hosted nodes on this settlement peer in all
 	MaxCapacity   int           // the largest capacity a hosted node may declare
 	Hardware      string        // what hosted nodes announce as their hardware
+	// AllowPrivate lets hosted nodes call plain http to a loopback host and
+	// loopback, private, link-local and other non-public addresses: for
+	// local engines in development, never on a public platform.
+	AllowPrivate bool
 }
 
 // DefaultCloudConfig returns the defaults; Dir and Box turn hosted nodes on.
@@ -45,6 +48,7 @@ func DefaultCloudConfig() CloudConfig {
 		MaxNodes:      256,                                  // each is a libp2p host and a few goroutines in this process
 		MaxCapacity:   256,                                  // far above what a single API key is allowed concurrently
 		Hardware:      "cloud API (hosted by the platform)", // announcements have no hosted flag yet: say it here
+		AllowPrivate:  false,                                // an account must not make the platform call its own network (SSRF)
 	}
 }
 
@@ -86,7 +90,7 @@ type cloudNodes struct {
 	cfg   CloudConfig
 	log   *slog.Logger
 	store *cloudStore
-	tr    http.RoundTripper // shared by every hosted node's upstream
+	tr    http.RoundTripper // shared by every hosted node's upstream; enforces the address policy
 
 	mu    sync.Mutex
 	order []string // record ids, oldest first
@@ -100,7 +104,7 @@ func newCloudNodes(s *Settlement, cfg CloudConfig) (*cloudNodes, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &cloudNodes{s: s, cfg: cfg, log: s.log.With("component", "cloud"), store: st, tr: newCloudTransport(),
+	c := &cloudNodes{s: s, cfg: cfg, log: s.log.With("component", "cloud"), store: st, tr: newCloudTransport(cfg.AllowPrivate),
 		nodes: map[string]*hostedNode{}}
 	for i, r := range recs {
 		c.order = append(c.order, r.ID)
@@ -112,24 +116,9 @@ func newCloudNodes(s *Settlement, cfg CloudConfig) (*cloudNodes, error) {
 	return c, nil
 }
 
-// newCloudTransport is the HTTP transport hosted nodes reach cloud APIs with,
-// tuned like the engine package's shared client.
-func newCloudTransport() *http.Transport {
-	return &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		ForceAttemptHTTP2:     true,             // cloud providers speak HTTP/2
-		TLSHandshakeTimeout:   10 * time.Second, // bounded like the dial
-		ResponseHeaderTimeout: 60 * time.Second, // a busy provider may queue a request before answering
-		MaxIdleConns:          256,
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       90 * time.Second,
-		DisableCompression:    true, // SSE must arrive token by token
-	}
-}
-
 // upstream is the engine adapter of a hosted node: its token, and a client
-// that scrubs the token from the provider's error answers.
+// that scrubs the token from the provider's error answers and dials through
+// the shared transport, which refuses addresses the policy does not allow.
 func (c *cloudNodes) upstream(baseURL, token string) *engine.Upstream {
 	return &engine.Upstream{BaseURL: baseURL, Token: token,
 		Client: &http.Client{Transport: scrubTransport{base: c.tr, secret: token}}}
@@ -197,6 +186,12 @@ func (c *cloudNodes) serve(ctx context.Context, hn *hostedNode) {
 
 // serveOnce runs hn's libp2p host and provider.Node until ctx ends or it fails.
 func (c *cloudNodes) serveOnce(ctx context.Context, hn *hostedNode, log *slog.Logger) error {
+	// A record registered under a looser policy (an earlier start with
+	// AllowPrivate) fails here with the rule; the dialer refuses host names
+	// that resolve to a refused address.
+	if err := allowed(hn.rec.BaseURL, c.cfg.AllowPrivate); err != nil {
+		return err
+	}
 	h, err := p2p.NewHost(ctx, p2p.Config{
 		DataDir:   c.dir(hn.rec.ID),
 		Listen:    c.listen(),

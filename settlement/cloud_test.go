@@ -114,7 +114,9 @@ type cloudPeer struct {
 
 // startCloudPeer starts a settlement peer on dir (identity, ledger, master
 // key file and cloud records all live there), bootstrapped from boot.
-func startCloudPeer(t *testing.T, dir, boot, masterKey string, logs io.Writer) (*cloudPeer, error) {
+// allowPrivate is CloudConfig.AllowPrivate: tests whose engines run on
+// loopback need it.
+func startCloudPeer(t *testing.T, dir, boot, masterKey string, logs io.Writer, allowPrivate bool) (*cloudPeer, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -135,6 +137,7 @@ func startCloudPeer(t *testing.T, dir, boot, masterKey string, logs io.Writer) (
 		return fail(err)
 	}
 	cfg.Cloud.Dir = filepath.Join(dir, "cloud")
+	cfg.Cloud.AllowPrivate = allowPrivate
 	s, err := New(cfg)
 	if err != nil {
 		return fail(err)
@@ -388,7 +391,7 @@ func randomToken() string {
 func TestCloudNodeRegistrationRejectsBadInput(t *testing.T) {
 	token := randomToken()
 	eng := newAuthEngine(t, token)
-	p, err := startCloudPeer(t, t.TempDir(), newHost(t).FullAddrs()[0], "", io.Discard)
+	p, err := startCloudPeer(t, t.TempDir(), newHost(t).FullAddrs()[0], "", io.Discard, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +408,7 @@ func TestCloudNodeRegistrationRejectsBadInput(t *testing.T) {
 		{"not JSON", key, "{", 400, "", "invalid_json"},
 		{"unknown field", key, map[string]any{"base_url": eng.baseURL(), "token": token}, 400, "", "invalid_json"},
 		{"no base url", key, map[string]any{"api_token": token}, 400, "base_url", "invalid_value"},
-		{"plain http to a remote host", key, map[string]any{"base_url": "http://api.example.com/v1", "api_token": token}, 400, "base_url", "invalid_value"},
+		{"plain http to a remote host", key, map[string]any{"base_url": "http://api.example.com/v1", "api_token": token}, 400, "base_url", "upstream_not_allowed"},
 		{"not http", key, map[string]any{"base_url": "ftp://127.0.0.1/v1", "api_token": token}, 400, "base_url", "invalid_value"},
 		{"credentials in the url", key, map[string]any{"base_url": "https://user:" + token + "@api.example.com/v1", "api_token": token}, 400, "base_url", "invalid_value"},
 		{"query in the url", key, map[string]any{"base_url": "https://api.example.com/v1?key=" + token, "api_token": token}, 400, "base_url", "invalid_value"},
@@ -462,7 +465,7 @@ func TestCloudNodeServesEarnsAndSurvivesRestart(t *testing.T) {
 	gossip := watchGossip(t, boot)
 	var answers [][]byte // every HTTP body the test got, checked for the token at the end
 
-	p, err := startCloudPeer(t, dir, boot, "", logs)
+	p, err := startCloudPeer(t, dir, boot, "", logs, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -524,7 +527,7 @@ func TestCloudNodeServesEarnsAndSurvivesRestart(t *testing.T) {
 	// its identity; the engine's first /models answers quote its token.
 	p.stop()
 	eng.failModels.Store(2)
-	if p, err = startCloudPeer(t, dir, boot, "", logs); err != nil {
+	if p, err = startCloudPeer(t, dir, boot, "", logs, true); err != nil {
 		t.Fatalf("restart: %v", err)
 	}
 	back := p.waitServing(t, opKey, reg.ID)
@@ -544,14 +547,14 @@ func TestCloudNodeServesEarnsAndSurvivesRestart(t *testing.T) {
 	// Another master key is refused at start, clearly, before any node runs.
 	p.stop()
 	other := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, MasterKeySize))
-	if _, err := startCloudPeer(t, dir, boot, other, logs); !errors.Is(err, ErrWrongMasterKey) ||
+	if _, err := startCloudPeer(t, dir, boot, other, logs, true); !errors.Is(err, ErrWrongMasterKey) ||
 		!strings.Contains(err.Error(), MasterKeyEnv) {
 		t.Fatalf("start with another master key: %v; want ErrWrongMasterKey naming %s", err, MasterKeyEnv)
 	} else {
 		t.Logf("wrong key: %v", err)
 	}
 	raw2, _ := os.ReadFile(filepath.Join(dir, MasterKeyFile))
-	if p, err = startCloudPeer(t, dir, boot, string(raw2), logs); err != nil {
+	if p, err = startCloudPeer(t, dir, boot, string(raw2), logs, true); err != nil {
 		t.Fatalf("start with the key file's key given as %s: %v", MasterKeyEnv, err)
 	}
 	p.waitServing(t, opKey, reg.ID)

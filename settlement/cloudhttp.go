@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -90,6 +89,11 @@ func (s *Settlement) createCloudNode(w http.ResponseWriter, r *http.Request) {
 	in, param, msg := s.cloud.validate(req)
 	if msg != "" {
 		openai.WriteError(w, http.StatusBadRequest, "invalid_request_error", param, "invalid_value", msg)
+		return
+	}
+	if err := allowed(in.BaseURL, s.cloud.cfg.AllowPrivate); err != nil {
+		openai.WriteError(w, http.StatusBadRequest, "invalid_request_error", "base_url", "upstream_not_allowed",
+			"base_url is not allowed: "+notAllowedText(err))
 		return
 	}
 	if err := s.cloud.full(account); err != nil {
@@ -187,7 +191,7 @@ func (c *cloudNodes) validate(req cloudRequest) (cloudRequest, string, string) {
 }
 
 // checkBaseURL accepts an absolute http(s) URL without credentials, query or
-// fragment; plain http only to a loopback host (a local engine).
+// fragment. Which of them may be called is allowed's to say.
 func checkBaseURL(s string) (string, string) {
 	s = strings.TrimSpace(s)
 	if s == "" {
@@ -202,23 +206,11 @@ func checkBaseURL(s string) (string, string) {
 		return "", "base_url must not hold credentials: send the token in api_token"
 	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
 		return "", "base_url must not have a query or fragment"
-	case u.Scheme == "https":
-	case u.Scheme == "http":
-		if !loopbackHost(u.Hostname()) {
-			return "", "base_url must use https: plain http is allowed only to a loopback address"
-		}
+	case u.Scheme == "https", u.Scheme == "http":
 	default:
 		return "", "base_url must be an http(s) URL"
 	}
 	return strings.TrimRight(u.String(), "/"), ""
-}
-
-func loopbackHost(h string) bool {
-	if strings.EqualFold(h, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(h)
-	return ip != nil && ip.IsLoopback()
 }
 
 // check asks the upstream for its models with the token, within
@@ -230,6 +222,9 @@ func (c *cloudNodes) check(ctx context.Context, in cloudRequest) (string, string
 	ms, err := c.upstream(in.BaseURL, in.APIToken).Models(ctx)
 	var se *engine.StatusError
 	switch {
+	case errors.Is(err, ErrUpstreamNotAllowed):
+		return "upstream_not_allowed", "base_url", fmt.Sprintf("the settlement peer may not call the upstream at %s: %s",
+			in.BaseURL, notAllowedText(err))
 	case errors.As(err, &se) && (se.StatusCode == http.StatusUnauthorized || se.StatusCode == http.StatusForbidden):
 		return "upstream_auth_failed", "api_token", fmt.Sprintf("the upstream at %s refused the API token (HTTP %d: %s)",
 			in.BaseURL, se.StatusCode, clip(redact(se.Message, in.APIToken), 200))
@@ -254,6 +249,16 @@ func (c *cloudNodes) check(ctx context.Context, in cloudRequest) (string, string
 		}
 	}
 	return "", "", ""
+}
+
+// notAllowedText is the policy's own words from an error matching
+// ErrUpstreamNotAllowed, without the URL and dial details wrapped around it.
+func notAllowedText(err error) string {
+	var na *notAllowedError
+	if errors.As(err, &na) {
+		return na.Error()
+	}
+	return strings.TrimPrefix(err.Error(), ErrUpstreamNotAllowed.Error()+": ")
 }
 
 func clip(s string, n int) string {

@@ -64,9 +64,13 @@ func TestCloudNodeMasterKeyProcess(t *testing.T) {
 	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0x5a}, 32))
 	args := []string{"settle", "--data", data, "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0"}
 	var outputs []string
+	// The engine is on loopback: the settlement peer may call it only with
+	// --cloud-allow-private, given here through its environment variable.
+	allowPrivate := "true"
 	run := func(env string) *proc {
 		os.Remove(filepath.Join(data, "ready"))
-		return start(t, "settle", []string{"TOKENROUTER_MASTER_KEY=" + env}, args...)
+		return start(t, "settle", []string{"TOKENROUTER_MASTER_KEY=" + env,
+			"TOKENROUTER_CLOUD_ALLOW_PRIVATE=" + allowPrivate}, args...)
 	}
 	stop := func(p *proc) {
 		p.cmd.Process.Signal(syscall.SIGTERM)
@@ -140,6 +144,30 @@ func TestCloudNodeMasterKeyProcess(t *testing.T) {
 	s = run(key)
 	waitFile(t, s, filepath.Join(data, "ready"))
 	waitServing(s, acct.APIKey)
+	stop(s)
+
+	// Without --cloud-allow-private the loopback engine may not be called:
+	// the node registered before fails with the rule, and a new
+	// registration is refused before any request reaches the engine.
+	allowPrivate = "false"
+	s = run(key)
+	waitFile(t, s, filepath.Join(data, "ready"))
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		_, body := call(s, http.MethodGet, "/v1/nodes/cloud", acct.APIKey, nil)
+		if strings.Contains(string(body), `"status":"failed"`) && strings.Contains(string(body), "--cloud-allow-private") {
+			t.Logf("without the flag: %s", body)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("without --cloud-allow-private the node did not fail naming the flag: %s\n%s", body, s.out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	code, body = call(s, http.MethodPost, "/v1/nodes/cloud", acct.APIKey,
+		map[string]any{"base_url": eng.URL + "/v1", "api_token": token, "models": []string{"cloud-proc"}})
+	if code != http.StatusBadRequest || !strings.Contains(string(body), `"code":"upstream_not_allowed"`) {
+		t.Fatalf("registration without --cloud-allow-private = %d %s; want 400 upstream_not_allowed", code, body)
+	}
 	stop(s)
 
 	for _, o := range outputs {

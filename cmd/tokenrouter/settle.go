@@ -34,7 +34,14 @@ Without it the key is read from --master-key-file (default <data>/master.key),
 which is created with a random key on first start and must be mode 0600.
 Start again with the same key: another key is refused, never used on the
 old tokens. Back the key up apart from the data directory: a copy of both
-opens the tokens; losing the key loses them (the accounts re-register).`,
+opens the tokens; losing the key loses them (the accounts re-register).
+
+Hosted nodes call public addresses over https only: a base URL with plain
+http, or one whose host is or resolves to a loopback, private (RFC 1918,
+fc00::/7), link-local (169.254.0.0/16, the cloud metadata address, fe80::/10),
+CGNAT (100.64.0.0/10), multicast or other non-public address, is refused at
+registration and at every connection. --cloud-allow-private lifts this for
+local engines (tokenrouter dev sets it); never use it on a public platform.`,
 		Example: "  tokenrouter settle --data D --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --http 127.0.0.1:8090",
 		Args:    cobra.NoArgs,
 		RunE: p.runE(g, func(ctx context.Context, c launch.Common) error {
@@ -55,5 +62,7 @@ opens the tokens; losing the key loses them (the accounts re-register).`,
 	f.DurationVar(&o.ProbeEvery, "probe-every", time.Minute, "how often the settlement peer probes each live instance")
 	f.StringVar(&o.MasterKeyFile, "master-key-file", "", "file holding the master key that seals cloud API tokens, used when "+
 		settlement.MasterKeyEnv+" is unset (default <data>/master.key, created on first start)")
+	f.BoolVar(&o.CloudAllowPrivate, settlement.AllowPrivateFlag, false, "let hosted cloud nodes call loopback, private and "+
+		"link-local addresses, and plain http to loopback (local engines; never on a public platform)")
 	return cmd
 }

@@ -95,6 +95,10 @@ type SettleOptions struct {
 	// MasterKeyFile holds the master key when MasterKey is empty; created
 	// (0600) on first start. "" = <data>/master.key.
 	MasterKeyFile string
+	// CloudAllowPrivate lets hosted cloud nodes call loopback, private and
+	// link-local addresses, and plain http to loopback (local engines; `dev`
+	// sets it). Off, they call public addresses over https only.
+	CloudAllowPrivate bool
 }
 
 // Settle runs a settlement peer until ctx ends; its ledger lives in
@@ -144,6 +148,11 @@ func Settle(ctx context.Context, o SettleOptions) error {
 	}
 	log.Info("master key for cloud tokens", "source", cfg.Cloud.Box.Source(), "key_id", cfg.Cloud.Box.KeyID())
 	cfg.Cloud.Dir = filepath.Join(o.Data, "cloud")
+	cfg.Cloud.AllowPrivate = o.CloudAllowPrivate
+	if o.CloudAllowPrivate {
+		log.Warn("hosted cloud nodes may call plain http and private addresses (--" + settlement.AllowPrivateFlag +
+			"): for local engines only, never on a public platform")
+	}
 	s, err := settlement.New(cfg)
 	if err != nil {
 		return err

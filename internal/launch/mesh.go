@@ -117,6 +117,7 @@ func StartMesh(parent context.Context, o MeshOptions) (*Mesh, error) {
 		return Settle(ctx, SettleOptions{
 			Common: Common{Data: sdir, Listen: loopback, Bootstrap: boot, Logger: log.With("role", "settle")},
 			HTTP:   o.SettleAddr, SignupLimit: 0, RampStart: o.RampStart,
+			CloudAllowPrivate: true, // the dev mesh's engines are local: hosted nodes may call them
 		})
 	})
 	if err := m.waitReady(sdir, o.ReadyWait); err != nil {
