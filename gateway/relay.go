@@ -328,10 +328,16 @@ func withCost(body []byte, prompt, completion, cost int64, estimated bool) ([]by
 	if err := json.Unmarshal(body, &obj); err != nil {
 		return nil, err
 	}
+	if obj == nil {
+		return nil, errors.New("the answer is null, not an object")
+	}
 	usage := map[string]json.RawMessage{}
 	if raw, ok := obj["usage"]; ok && !bytes.Equal(raw, []byte("null")) && len(raw) > 0 {
 		if err := json.Unmarshal(raw, &usage); err != nil {
 			return nil, err
+		}
+		if usage == nil {
+			usage = map[string]json.RawMessage{}
 		}
 	}
 	set := func(k string, v any) { usage[k], _ = json.Marshal(v) }

@@ -1,0 +1,55 @@
+package gateway
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+// FuzzRelayRewrites feeds arbitrary chunks and bodies to what the gateway
+// rewrites on the way to the client: splitUsage (a streamed chunk carrying
+// usage, maybe with the last words) and withCost (the billed usage put into
+// an answer). Nothing panics; what they return is a JSON object whose usage
+// says exactly what was billed, and a chunk's words are never lost.
+func FuzzRelayRewrites(f *testing.F) {
+	for _, s := range []string{
+		`{"choices":[{"index":0,"delta":{"content":"end"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7},"timings":{}}`,
+		`{"choices":[],"usage":{"prompt_tokens":1}}`,
+		`{"choices":[{"index":0,"message":{"role":"assistant","content":"x"}}],"usage":null}`,
+		`{"usage":[]}`, `[]`, `{"choices":"x"}`, `null`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if rest, usage, err := splitUsage(b); err == nil && rest != nil {
+			var obj map[string]json.RawMessage
+			if json.Unmarshal(rest, &obj) != nil {
+				t.Fatalf("splitUsage left a chunk that is not an object: %s", rest)
+			}
+			if _, ok := obj["usage"]; ok {
+				t.Fatalf("splitUsage left the usage in: %s", rest)
+			}
+			_ = usage
+		}
+		out, err := withCost(b, 3, 5, 42, true)
+		if err != nil {
+			return
+		}
+		var got struct {
+			Usage struct {
+				Prompt     int64   `json:"prompt_tokens"`
+				Completion int64   `json:"completion_tokens"`
+				Total      int64   `json:"total_tokens"`
+				CostUcr    int64   `json:"cost_ucr"`
+				Cost       float64 `json:"cost"`
+				Estimated  bool    `json:"estimated"`
+			} `json:"usage"`
+		}
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatalf("withCost gave invalid JSON %s: %v", out, err)
+		}
+		u := got.Usage
+		if u.Prompt != 3 || u.Completion != 5 || u.Total != 8 || u.CostUcr != 42 || u.Cost != 0.000042 || !u.Estimated {
+			t.Fatalf("withCost's usage does not say what was billed: %s", out)
+		}
+	})
+}
