@@ -27,6 +27,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzWithUsage$$' -fuzztime $(FUZZTIME) ./nodecore/engine/
 	$(GO) test -run '^$$' -fuzz '^FuzzWithModel$$' -fuzztime $(FUZZTIME) ./nodecore/engine/
 	$(GO) test -run '^$$' -fuzz '^FuzzReceiptBatchDecode$$' -fuzztime $(FUZZTIME) ./p2p/
+	$(GO) test -run '^$$' -fuzz '^FuzzRelayRewrites$$' -fuzztime $(FUZZTIME) ./gateway/
 
 # The whole mesh on 127.0.0.1 (bootstrap, settlement, 3 synthetic nodes, a gateway).
 demo: build
