@@ -213,10 +213,13 @@ func (c *cloudNodes) serveOnce(ctx context.Context, hn *hostedNode, log *slog.Lo
 	pc := provider.DefaultConfig()
 	pc.Host, pc.Platform, pc.Logger = h, c.s.cfg.Host.ID(), log
 	pc.Upstream = c.upstream(hn.rec.BaseURL, hn.token)
-	pc.Models, pc.Hardware = hn.rec.Models, c.cfg.Hardware
+	pc.Models, pc.Hardware, pc.Linked = hn.rec.Models, c.cfg.Hardware, true
 	if hn.rec.Capacity > 0 {
 		pc.Capacity = hn.rec.Capacity
 	}
+	// A cloud API key's concurrency limit is the whole account's, not a
+	// model's: the declared capacity caps calls across every model.
+	pc.MaxInFlight = pc.Capacity
 	n, err := provider.New(pc)
 	if err != nil {
 		return err
