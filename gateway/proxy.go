@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/base32"
 	"encoding/json"
@@ -99,10 +98,7 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, r
 	// network knows it by the short name. The body keeps the caller's.
 	meta.Model = engine.CanonicalModel(meta.Model)
 	if meta.MaxTokens > g.cfg.MaxTokens {
-		param := "max_tokens"
-		if bytes.Contains(body, []byte(`"max_completion_tokens"`)) {
-			param = "max_completion_tokens"
-		}
+		param := meta.MaxTokensParam
 		return fail(w, http.StatusBadRequest, "invalid_request_error", param, "invalid_value",
 			fmt.Sprintf("%s is too large: %d; this gateway allows at most %d", param, meta.MaxTokens, g.cfg.MaxTokens))
 	}
@@ -134,9 +130,10 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, r
 		key: key, account: au.account, grant: au.grant, hold: hold, wantUsage: meta.IncludeUsage,
 		deadline: start.Add(g.cfg.MaxCallTime),
 	}
-	status := c.run()
-	g.credit.settle(au.account, hold, reserved, c.spent)
-	return status
+	// Deferred, so even a panic on a hostile answer returns the unused
+	// reservation to the credit line.
+	defer func() { g.credit.settle(au.account, hold, reserved, c.spent) }()
+	return c.run()
 }
 
 func fail(w http.ResponseWriter, status int, typ, param, code, msg string) int {
@@ -208,6 +205,13 @@ func (e *attemptError) Error() string { return fmt.Sprintf("status %d: %v", e.st
 // run tries up to 1+MaxRetries instances, never the same node twice.
 func (c *forwardCall) run() int {
 	g := c.g
+	// Every attempt's lease is done by the time run returns; this only
+	// matters if one ended by a panic (Done is idempotent).
+	defer func() {
+		if c.lease != nil {
+			c.lease.Done(route.Neutral, 0, 0)
+		}
+	}()
 	var tried []peer.ID
 	var last *attemptError
 	for attempt := 0; attempt <= g.cfg.MaxRetries && time.Now().Before(c.deadline); attempt++ {
@@ -307,6 +311,8 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 		return 0, &attemptError{status: h.Status, full: true, err: errors.New("node at capacity")}
 	case h.Status >= 500 || h.NodeFault:
 		return 0, &attemptError{status: h.Status, err: errors.New(readErrorMessage(br))}
+	case h.Status != http.StatusOK && (h.Status < 400 || h.Status > 499):
+		return 0, &attemptError{status: h.Status, err: fmt.Errorf("the node answered status %d", h.Status)}
 	case h.Status != http.StatusOK:
 		// The consumer's input was refused: neutral for the node, relayed as is.
 		c.outcome = route.Neutral

@@ -39,17 +39,43 @@ func (rl *relay) readTrailer(payload []byte) (*p2p.Trailer, error) {
 	return &t, nil
 }
 
-// billed caps what a node claims by what the gateway can see: a token takes
-// at least a byte, so input is capped by the request's size and output by
-// the bytes delivered.
-func (rl *relay) billed(cl p2p.NodeClaim, completion, deliveredBytes int64) (int64, int64) {
-	prompt := min(cl.PromptTokens, int64(len(rl.c.body)))
-	completion = min(completion, deliveredBytes)
-	if prompt < cl.PromptTokens || completion < cl.CompletionTokens && completion == deliveredBytes {
-		rl.c.g.log.Warn("node claimed more tokens than it could have served; billing the cap",
-			"request", rl.c.id, "node", rl.node.String(), "claimed_prompt", cl.PromptTokens, "claimed_completion", cl.CompletionTokens)
+// billed caps what a node claims by what the gateway can see. A token takes
+// at least a byte: input is capped by the request's size, output by the
+// generated text delivered (a character is at most four bytes; a chunk
+// with output holds at least one token) and by max_tokens x n when the
+// call set it. Output an engine generates but never shows (hidden
+// reasoning) is not billed.
+func (rl *relay) billed(cl p2p.NodeClaim, completion int64, out delivery) (int64, int64) {
+	c := rl.c
+	prompt := min(cl.PromptTokens, int64(len(c.body)))
+	limit := max(out.chunks, 4*out.chars)
+	if c.meta.MaxTokens > 0 {
+		limit = min(limit, c.meta.MaxTokens*max(c.meta.N, 1))
 	}
-	return prompt, completion
+	capped := min(completion, limit)
+	if prompt < cl.PromptTokens || capped < completion {
+		c.g.log.Warn("node claimed more tokens than it could have served; billing the cap",
+			"request", c.id, "node", rl.node.String(), "claimed_prompt", cl.PromptTokens, "claimed_completion", cl.CompletionTokens,
+			"billed_prompt", prompt, "billed_completion", capped)
+	}
+	return prompt, capped
+}
+
+// delivery is the generated output that reached the client.
+type delivery struct {
+	chunks int64 // streamed chunks carrying output
+	chars  int64 // characters of output (text, content, tool calls, reasoning)
+}
+
+// add counts one chunk or answer; it reports whether it carried output.
+func (d *delivery) add(b []byte) bool {
+	ch, err := engine.ParseChunk(b)
+	if err != nil || !ch.Content {
+		return false
+	}
+	d.chunks++
+	d.chars += ch.Chars
+	return true
 }
 
 // whole relays a non-streamed answer: body, then the node's claim. Nothing
@@ -73,7 +99,9 @@ func (rl *relay) whole() (int, *attemptError) {
 	}
 	rl.s.Close()
 	c := rl.c
-	prompt, completion := rl.billed(t.Claim, t.Claim.CompletionTokens, int64(len(data)))
+	var shown delivery
+	shown.add(data)
+	prompt, completion := rl.billed(t.Claim, t.Claim.CompletionTokens, shown)
 	price := c.g.price(c.meta.Model)
 	cost := economy.Cost(price, prompt, completion)
 	out, err := withCost(data, prompt, completion, cost, t.Claim.Estimated)
@@ -135,21 +163,19 @@ func (rl *relay) stream() (int, *attemptError) {
 	}()
 
 	var (
-		delivered, deliveredBytes int64
-		usage                     json.RawMessage // the engine's usage object
-		trailer                   *p2p.Trailer
-		broken                    error
-		buf                       []byte
-		first, last               time.Time
+		out         delivery
+		usage       json.RawMessage // the engine's usage object
+		trailer     *p2p.Trailer
+		broken      error
+		buf         []byte
+		first, last time.Time
 	)
 	deliver := func(data []byte) {
 		if gone.Load() {
 			return
 		}
 		rl.event(data)
-		deliveredBytes += int64(len(data))
-		if engine.ChunkHasContent(data) {
-			delivered++
+		if out.add(data) {
 			last = time.Now()
 			if first.IsZero() {
 				first = last
@@ -190,7 +216,7 @@ func (rl *relay) stream() (int, *attemptError) {
 		}
 	}
 	clientGone := gone.Load() || c.r.Context().Err() != nil
-	c.tokens, c.span = delivered, last.Sub(first)
+	c.tokens, c.span = out.chunks, last.Sub(first)
 	switch {
 	case clientGone:
 		c.outcome = route.Neutral
@@ -218,12 +244,12 @@ func (rl *relay) stream() (int, *attemptError) {
 	completion := cl.CompletionTokens
 	// Bill only what reached the client: a cut stream is capped by the
 	// chunks delivered. A whole stream whose engine reported no usage is
-	// billed on the node's estimate (docs/usage-estimation.md), which
-	// billed() caps by the bytes delivered like any claim.
+	// billed on the node's estimate (docs/usage-estimation.md); billed()
+	// caps every claim by the output delivered.
 	if clientGone || cl.Incomplete || usage == nil && !cl.Estimated {
-		completion = min(completion, delivered)
+		completion = min(completion, out.chunks)
 	}
-	prompt, completion := rl.billed(cl, completion, deliveredBytes)
+	prompt, completion := rl.billed(cl, completion, out)
 	price := g.price(c.meta.Model)
 	cost := economy.Cost(price, prompt, completion)
 	c.nodeDone()
@@ -372,6 +398,9 @@ func fillChoices(raw json.RawMessage) (json.RawMessage, error) {
 	}
 	null := json.RawMessage("null")
 	for _, c := range choices {
+		if c == nil {
+			continue // a null choice: left as the engine sent it
+		}
 		if _, ok := c["logprobs"]; !ok {
 			c["logprobs"] = null
 		}

@@ -15,7 +15,7 @@ func FuzzRelayRewrites(f *testing.F) {
 		`{"choices":[{"index":0,"delta":{"content":"end"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7},"timings":{}}`,
 		`{"choices":[],"usage":{"prompt_tokens":1}}`,
 		`{"choices":[{"index":0,"message":{"role":"assistant","content":"x"}}],"usage":null}`,
-		`{"usage":[]}`, `[]`, `{"choices":"x"}`, `null`,
+		`{"usage":[]}`, `[]`, `{"choices":"x"}`, `null`, `{"choices":[null]}`, `{"choices":[{"message":null}]}`,
 	} {
 		f.Add([]byte(s))
 	}

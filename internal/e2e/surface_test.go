@@ -403,13 +403,13 @@ func TestEveryErrorStatus(t *testing.T) {
 			case 1:
 				c.Models, c.FailRate = []string{"flaky-1"}, 1
 			case 2:
-				c.Models, c.TTFT = []string{"slow-1"}, 3*time.Second
+				c.Models, c.TTFT = []string{"slow-1"}, 8*time.Second
 			}
 		},
 		Gateway: func(o *launch.GatewayOptions) {
 			o.MaxBody = 64 << 10
-			o.RPMLimit = 6 // a burst of one, then one call every 10 s
-			o.HeaderTime = 400 * time.Millisecond
+			o.RPMLimit = 6                 // a burst of one, then one call every 10 s
+			o.HeaderTime = 2 * time.Second // every call must start answering in 2 s: slow-1 takes 8
 			o.Tune = func(c *gateway.Config) { c.BodyTimeout = 500 * time.Millisecond }
 		},
 	})
@@ -487,8 +487,8 @@ func TestEveryErrorStatus(t *testing.T) {
 	}
 	start := time.Now()
 	expect("engine too slow to answer", 504, "timeout", "", newChat(chat("slow-1")))
-	if took := time.Since(start); took > 2*time.Second {
-		t.Fatalf("the timeout took %s; the node had 400ms", took)
+	if took := time.Since(start); took > 6*time.Second {
+		t.Fatalf("the timeout took %s; the node had 2s", took)
 	}
 
 	// A body that stops arriving: 408 in OpenAI's shape.

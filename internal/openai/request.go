@@ -10,11 +10,12 @@ import (
 // Meta is what Token-Router reads of an OpenAI request body; the body itself
 // travels to the engine untouched.
 type Meta struct {
-	Model        string
-	Stream       bool
-	IncludeUsage bool  // stream_options.include_usage
-	MaxTokens    int64 // max_completion_tokens, else max_tokens; 0 when absent
-	N            int64 // choices asked for; 1 when absent
+	Model          string
+	Stream         bool
+	IncludeUsage   bool   // stream_options.include_usage
+	MaxTokens      int64  // the larger of max_completion_tokens and max_tokens; 0 when absent
+	MaxTokensParam string // which of the two MaxTokens came from
+	N              int64  // choices asked for; 1 when absent
 }
 
 // RequestError is a client mistake in a request body, with the parameter it concerns.
@@ -79,12 +80,17 @@ func ParseMeta(body []byte) (Meta, error) {
 		}
 	}
 	m.N = 1
+	// Engines differ in which of the two they honour; the larger one is what
+	// a call may generate, so it is what limits and reservations use.
 	for _, k := range []string{"max_completion_tokens", "max_tokens"} {
 		if raw, ok := obj[k]; ok && string(raw) != "null" {
-			if json.Unmarshal(raw, &m.MaxTokens) != nil || m.MaxTokens < 0 {
+			var v int64
+			if json.Unmarshal(raw, &v) != nil || v < 0 {
 				return Meta{}, &RequestError{Param: k, Code: "invalid_type", Message: k + " must be a non-negative integer"}
 			}
-			break
+			if v > m.MaxTokens {
+				m.MaxTokens, m.MaxTokensParam = v, k
+			}
 		}
 	}
 	if raw, ok := obj["n"]; ok && string(raw) != "null" {

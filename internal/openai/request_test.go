@@ -14,8 +14,10 @@ func TestParseMeta(t *testing.T) {
 	}{
 		{`{"model":"m","messages":[]}`, Meta{Model: "m", N: 1}, ""},
 		{`{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, Meta{Model: "m", Stream: true, IncludeUsage: true, N: 1}, ""},
-		{`{"model":"m","max_tokens":7,"n":3}`, Meta{Model: "m", MaxTokens: 7, N: 3}, ""},
-		{`{"model":"m","max_completion_tokens":9,"max_tokens":7}`, Meta{Model: "m", MaxTokens: 9, N: 1}, ""},
+		{`{"model":"m","max_tokens":7,"n":3}`, Meta{Model: "m", MaxTokens: 7, MaxTokensParam: "max_tokens", N: 3}, ""},
+		{`{"model":"m","max_completion_tokens":9,"max_tokens":7}`, Meta{Model: "m", MaxTokens: 9, MaxTokensParam: "max_completion_tokens", N: 1}, ""},
+		// The larger limit counts, whichever key holds it: engines honour one or the other.
+		{`{"model":"m","max_completion_tokens":10,"max_tokens":100000000}`, Meta{Model: "m", MaxTokens: 100000000, MaxTokensParam: "max_tokens", N: 1}, ""},
 		{`{"model":null,"stream":null,"stream_options":null}`, Meta{N: 1}, ""},
 		{`{"model":"m","tools":[{"type":"function"}],"response_format":{"type":"json_object"}}`, Meta{Model: "m", N: 1}, ""},
 		{`{"model":`, Meta{}, "invalid_json"},
@@ -76,4 +78,3 @@ func FuzzParseMeta(f *testing.F) {
 		}
 	})
 }
-

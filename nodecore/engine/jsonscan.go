@@ -1,11 +1,16 @@
 package engine
 
+import (
+	"bytes"
+	"encoding/json"
+)
+
 // A minimal scanner over the top level of a JSON object, so a request body
 // can have one field replaced without decoding and re-encoding the rest
 // (bodies reach megabytes with images or long contexts).
 
 // eachTopLevel calls fn with each top-level key of the JSON object b (its
-// raw, still escaped text) and the byte span [start,end) of its value. It
+// text, unescaped when it holds escapes) and the byte span [start,end) of its value. It
 // reports whether b is an object the scan could follow to its end; it does
 // not validate scalars or the inside of strings.
 func eachTopLevel(b []byte, fn func(key []byte, start, end int)) bool {
@@ -26,6 +31,13 @@ func eachTopLevel(b []byte, fn func(key []byte, start, end int)) bool {
 			return false
 		}
 		key := b[i+1 : kEnd-1]
+		if bytes.IndexByte(key, '\\') >= 0 {
+			// "mod\u0065l" is "model" to every decoder: compare decoded.
+			var k string
+			if json.Unmarshal(b[i:kEnd], &k) == nil {
+				key = []byte(k)
+			}
+		}
 		i = skipWS(b, kEnd)
 		if i >= len(b) || b[i] != ':' {
 			return false

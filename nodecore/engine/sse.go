@@ -10,8 +10,8 @@ import (
 // MaxSSELine is the longest line an [SSEReader] accepts.
 const MaxSSELine = 4 << 20
 
-// ErrSSELineTooLong is returned by [SSEReader.Next] for a line longer than
-// [MaxSSELine].
+// ErrSSELineTooLong is returned by [SSEReader.Next] for a line, or an
+// event's data joined over several lines, longer than [MaxSSELine].
 var ErrSSELineTooLong = errors.New("engine: event-stream line too long")
 
 // SSEReader reads `data:` payloads from a text/event-stream. It ignores
@@ -72,6 +72,9 @@ func (s *SSEReader) Next() ([]byte, error) {
 			continue
 		}
 		s.field(line)
+		if s.err == ErrSSELineTooLong {
+			return nil, s.err
+		}
 	}
 }
 
@@ -100,6 +103,10 @@ func (s *SSEReader) field(line []byte) {
 		return
 	default:
 		return // id, retry and unknown fields carry nothing we use
+	}
+	if len(s.data)+1+len(value) > MaxSSELine {
+		s.err = ErrSSELineTooLong // one event of endless data: lines must not grow memory without bound
+		return
 	}
 	if s.has {
 		s.data = append(s.data, '\n')

@@ -110,3 +110,14 @@ func FuzzSSEReader(f *testing.F) {
 		t.Fatalf("more events than bytes")
 	})
 }
+
+// An event whose data goes on line after line without an end is cut at
+// MaxSSELine in all, not only per line: an engine cannot grow a node's
+// memory without bound.
+func TestSSEReaderBoundsOneEventsData(t *testing.T) {
+	line := "data: " + strings.Repeat("x", 1<<20) + "\n"
+	r := NewSSEReader(strings.NewReader(strings.Repeat(line, 2*MaxSSELine>>20)))
+	if _, err := r.Next(); err != ErrSSELineTooLong {
+		t.Fatalf("got %v, want ErrSSELineTooLong", err)
+	}
+}

@@ -205,11 +205,20 @@ const Redacted = "[redacted]"
 // providers quote the key they were given in their error messages; a node
 // relays those messages to gateways and logs them, so every error text
 // from the engine passes through here first.
+//
+// Error texts are cut to a length before they get here, so a text that
+// ends in the token's first characters (4 or more) has them redacted too.
 func (u *Upstream) Redact(s string) string {
-	if u == nil || u.Token == "" || !strings.Contains(s, u.Token) {
+	if u == nil || u.Token == "" {
 		return s
 	}
-	return strings.ReplaceAll(s, u.Token, Redacted)
+	s = strings.ReplaceAll(s, u.Token, Redacted)
+	for k := len(u.Token) - 1; k >= 4; k-- {
+		if strings.HasSuffix(s, u.Token[:k]) {
+			return s[:len(s)-k] + Redacted
+		}
+	}
+	return s
 }
 
 // RedactError returns e with its message and fields redacted (see Redact).

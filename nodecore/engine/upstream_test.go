@@ -198,3 +198,20 @@ func TestWithUsage(t *testing.T) {
 		}
 	}
 }
+
+// A token is redacted whole, and so is its start when an error text was cut
+// in the middle of it.
+func TestRedactWholeAndCutTokens(t *testing.T) {
+	u := &Upstream{Token: "sk-live-7c1d0e5a9b8f"}
+	for in, want := range map[string]string{
+		"key sk-live-7c1d0e5a9b8f refused":               "key " + Redacted + " refused",
+		"key sk-live-7c1d0e5a9b8f, sk-live-7c1d0e5a9b8f": "key " + Redacted + ", " + Redacted,
+		"cut at the key sk-live-7c":                      "cut at the key " + Redacted,
+		"ends in sk-":                                    "ends in sk-", // three characters say nothing
+		"nothing here":                                   "nothing here",
+	} {
+		if got := u.Redact(in); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

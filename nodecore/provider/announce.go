@@ -49,7 +49,14 @@ func (n *Node) Announcement() p2p.Announcement {
 	}
 	for _, m := range n.models {
 		in := n.instances[m]
-		ml := p2p.ModelLoad{Model: m, Capacity: in.capacity, InFlight: in.inFlight}
+		capacity := in.capacity
+		if n.cfg.MaxInFlight > 0 {
+			// The node-wide cap is shared: a model can take at most what
+			// the other models leave of it (and says at least one, or
+			// what it holds, so its load reads as full, not as absent).
+			capacity = max(min(capacity, n.cfg.MaxInFlight-(n.inFlight-in.inFlight)), in.inFlight, 1)
+		}
+		ml := p2p.ModelLoad{Model: m, Capacity: capacity, InFlight: in.inFlight}
 		if len(in.byPeer) > 0 {
 			ml.InFlightBy = maps.Clone(in.byPeer)
 		}

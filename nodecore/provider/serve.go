@@ -85,12 +85,13 @@ func (c *call) serve(parent context.Context) error {
 	// the same model (by canonical name: the node sends the engine its own
 	// id for it) and the same streaming.
 	meta, err := openai.ParseMeta(body)
+	// Neither refusal is the node's fault: the body is the consumer's.
 	if err != nil || engine.CanonicalModel(meta.Model) != engine.CanonicalModel(c.req.Model) || meta.Stream != c.req.Stream {
-		return c.refuse(http.StatusBadRequest, "invalid_request_error", "mismatch", "the request header does not match its body")
+		return c.answer(http.StatusBadRequest, openai.ErrorJSON("invalid_request_error", "", "mismatch", "the request header does not match its body"), false)
 	}
 	if meta.Model != engineModel {
 		if body, err = engine.WithModel(body, engineModel); err != nil {
-			return c.refuse(http.StatusBadRequest, "invalid_request_error", "mismatch", "the request body names no model")
+			return c.answer(http.StatusBadRequest, openai.ErrorJSON("invalid_request_error", "model", "mismatch", "the request body's model cannot be read"), false)
 		}
 	}
 

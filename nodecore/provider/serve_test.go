@@ -584,9 +584,17 @@ func TestServeMaxInFlight(t *testing.T) {
 	defer e.Close()
 	tn := startNode(t, e.BaseURL(), func(c *Config) { c.Capacity, c.MaxInFlight = 4, 1 })
 	models := enginetest.DefaultModels(enginetest.Cloud)
+	for _, m := range tn.Announcement().Models {
+		if m.Capacity != 1 {
+			t.Fatalf("%s announced capacity %d; the node takes 1 call in all", m.Model, m.Capacity)
+		}
+	}
 	held := tn.open(t, "/chat/completions", models[0], true, chatBody(models[0], true))
 	defer held.Close()
 	waitFor(t, "a call in flight", func() bool { return tn.Announcement().Models[0].InFlight == 1 })
+	if ms := tn.Announcement().Models; ms[0].Capacity != 1 || ms[1].Capacity != 1 || ms[1].InFlight != 0 {
+		t.Fatalf("while one call holds the node: %+v (capacity never reads below 1; a call the node cannot take gets 429 node_full)", ms)
+	}
 	if a := tn.call(t, "/chat/completions", models[1], true, chatBody(models[1], true)); a.hdr.Status != 429 {
 		t.Errorf("second model with the node at MaxInFlight: %+v", a.hdr)
 	}

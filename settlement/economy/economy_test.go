@@ -118,6 +118,10 @@ func TestPriceTableFor(t *testing.T) {
 	if got := tab.For("cheap"); got != (Price{1, 2}) {
 		t.Fatalf("For(cheap) = %+v", got)
 	}
+	tab.Models["llama3.2:latest"] = Price{InputPer1M: 3, OutputPer1M: 4}
+	if got := tab.For("llama3.2"); got != (Price{3, 4}) {
+		t.Fatalf("an entry with Ollama's :latest tag does not price the model's network name: %+v", got)
+	}
 	if got := tab.For("unlisted"); got != tab.Default {
 		t.Fatalf("For(unlisted) = %+v, want default %+v", got, tab.Default)
 	}

@@ -44,9 +44,14 @@ func DefaultPriceTable() PriceTable {
 	}
 }
 
-// For returns the price of model: its own entry, or Default.
+// For returns the price of model: its own entry, or Default. The network
+// names a model without Ollama's ":latest" tag, so an entry written with
+// the tag ("llama3.2:latest") prices "llama3.2" too.
 func (t PriceTable) For(model string) Price {
 	if p, ok := t.Models[model]; ok {
+		return p
+	}
+	if p, ok := t.Models[model+":latest"]; ok {
 		return p
 	}
 	return t.Default
