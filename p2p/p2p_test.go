@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"io"
@@ -20,6 +19,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/internal/testkit"
 	"github.com/tokenrouter/tokenrouter/settlement/economy"
 )
 
@@ -40,19 +40,6 @@ func newTestHost(t *testing.T, bootstrap ...string) *Host {
 	}
 	t.Cleanup(func() { h.Close() })
 	return h
-}
-
-func randomPeer(t *testing.T) (crypto.PrivKey, peer.ID) {
-	t.Helper()
-	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := peer.IDFromPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key, id
 }
 
 func TestLoadOrCreateIdentity(t *testing.T) {
@@ -179,7 +166,7 @@ func TestFrameErrors(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	_, id := randomPeer(t)
+	_, id := testkit.RandomPeer(t)
 	for _, tc := range []struct {
 		name string
 		cfg  Config
@@ -273,7 +260,7 @@ func TestFindThroughBootstrap(t *testing.T) {
 		t.Errorf("Find(self): %v", err)
 	}
 
-	_, stranger := randomPeer(t)
+	_, stranger := testkit.RandomPeer(t)
 	start := time.Now()
 	err := a.Find(ctx, stranger)
 	if err == nil {
@@ -481,8 +468,8 @@ func makeMap[M ~map[K]V, K comparable, V any](m *M) { *m = make(M) }
 
 // TestAnnouncementValidatorTable drives the validator directly with a fixed clock.
 func TestAnnouncementValidatorTable(t *testing.T) {
-	_, from := randomPeer(t)
-	_, other := randomPeer(t)
+	_, from := testkit.RandomPeer(t)
+	_, other := testkit.RandomPeer(t)
 	now := time.UnixMilli(1_700_000_000_000)
 	v := &announceValidator{now: func() time.Time { return now }}
 	makeMap(&v.last)
@@ -548,9 +535,9 @@ func signedReceipt(t *testing.T, nodeKey, gwKey crypto.PrivKey) *Receipt {
 }
 
 func TestReceiptVerify(t *testing.T) {
-	nodeKey, _ := randomPeer(t)
-	gwKey, _ := randomPeer(t)
-	otherKey, otherID := randomPeer(t)
+	nodeKey, _ := testkit.RandomPeer(t)
+	gwKey, _ := testkit.RandomPeer(t)
+	otherKey, otherID := testkit.RandomPeer(t)
 
 	if err := signedReceipt(t, nodeKey, gwKey).Verify(); err != nil {
 		t.Fatalf("a correct receipt does not verify: %v", err)
@@ -627,8 +614,8 @@ func TestReceiptVerify(t *testing.T) {
 }
 
 func TestNodeRegistrationSignature(t *testing.T) {
-	nodeKey, nodeID := randomPeer(t)
-	otherKey, _ := randomPeer(t)
+	nodeKey, nodeID := testkit.RandomPeer(t)
+	otherKey, _ := testkit.RandomPeer(t)
 	reg := &NodeRegistration{Node: nodeID.String(), APIKey: "trk_abc", TimeMs: time.Now().UnixMilli()}
 	if err := reg.Sign(nodeKey); err != nil {
 		t.Fatal(err)
@@ -680,7 +667,7 @@ func TestSettleRoundTrip(t *testing.T) {
 		t.Errorf("handler saw remote %s, want the client %s", got, client.ID())
 	}
 
-	nodeKey, _ := randomPeer(t)
+	nodeKey, _ := testkit.RandomPeer(t)
 	r := signedReceipt(t, nodeKey, client.Key)
 	resp, err = client.CallSettle(ctx, server.ID(), &SettleRequest{Op: OpReceipt, Receipt: r})
 	if err != nil || !resp.Applied {

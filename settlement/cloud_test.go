@@ -25,28 +25,11 @@ import (
 	"github.com/tokenrouter/tokenrouter/bootstrap"
 	"github.com/tokenrouter/tokenrouter/gateway"
 	"github.com/tokenrouter/tokenrouter/internal/openai"
+	"github.com/tokenrouter/tokenrouter/internal/testkit"
 	"github.com/tokenrouter/tokenrouter/nodecore/engine"
 	"github.com/tokenrouter/tokenrouter/p2p"
 	"github.com/tokenrouter/tokenrouter/settlement/ledger"
 )
-
-// syncBuffer is a log sink several goroutines write to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 const cloudModel = "cloud-model"
 
@@ -461,7 +444,7 @@ func TestCloudNodeServesEarnsAndSurvivesRestart(t *testing.T) {
 	eng := newAuthEngine(t, token)
 	boot := startBootstrap(t)
 	dir, gwDir := t.TempDir(), t.TempDir()
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	gossip := watchGossip(t, boot)
 	var answers [][]byte // every HTTP body the test got, checked for the token at the end
 

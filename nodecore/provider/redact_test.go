@@ -7,29 +7,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 
+	"github.com/tokenrouter/tokenrouter/internal/testkit"
 	"github.com/tokenrouter/tokenrouter/nodecore/engine"
 )
-
-// lockedBuffer is a log sink safe for the node's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // A cloud provider that quotes the key it was given in its errors (some
 // do) must not get the node's token into what the node relays to gateways
@@ -60,7 +42,7 @@ func TestEngineErrorsNeverCarryTheToken(t *testing.T) {
 		}
 	}))
 	defer engineSrv.Close()
-	var logs lockedBuffer
+	var logs testkit.SyncBuffer
 	tn := startNode(t, engineSrv.URL+"/v1", func(c *Config) {
 		c.Upstream = &engine.Upstream{BaseURL: engineSrv.URL + "/v1", Token: token}
 		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -3,7 +3,6 @@ package provider
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -13,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/internal/testkit"
 	"github.com/tokenrouter/tokenrouter/nodecore/engine"
 	"github.com/tokenrouter/tokenrouter/nodecore/engine/enginetest"
 	"github.com/tokenrouter/tokenrouter/p2p"
@@ -45,7 +44,7 @@ type testNode struct {
 // Models applied over the defaults, and connects a gateway host to it.
 func startNode(t *testing.T, baseURL string, tweak func(*Config)) *testNode {
 	t.Helper()
-	_, platform := randomPeer(t)
+	_, platform := testkit.RandomPeer(t)
 	h := newHost(t)
 	cfg := DefaultConfig()
 	cfg.Host, cfg.Upstream, cfg.Platform = h, &engine.Upstream{BaseURL: baseURL}, platform
@@ -80,19 +79,6 @@ func startNode(t *testing.T, baseURL string, tweak func(*Config)) *testNode {
 		t.Fatal(err)
 	}
 	return &testNode{Node: n, gw: gw}
-}
-
-func randomPeer(t *testing.T) (crypto.PrivKey, peer.ID) {
-	t.Helper()
-	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := peer.IDFromPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key, id
 }
 
 // answer is everything a node sent for one call.
