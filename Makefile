@@ -28,14 +28,19 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzWithModel$$' -fuzztime $(FUZZTIME) ./nodecore/engine/
 	$(GO) test -run '^$$' -fuzz '^FuzzReceiptBatchDecode$$' -fuzztime $(FUZZTIME) ./p2p/
 	$(GO) test -run '^$$' -fuzz '^FuzzRelayRewrites$$' -fuzztime $(FUZZTIME) ./gateway/
+	$(GO) test -run '^$$' -fuzz '^FuzzChunkOutput$$' -fuzztime $(FUZZTIME) ./gateway/
 
 # The whole mesh on 127.0.0.1 (bootstrap, settlement, 3 synthetic nodes, a gateway).
 demo: build
 	./$(BIN) dev
 
-# Go benchmarks; figures and how they were taken go in docs/benchmarks.md.
-bench:
+# Go benchmarks, then the request path end to end (internal/pathbench): one
+# synthetic engine called directly, through two plain reverse proxies, and
+# through gateway -> libp2p -> node, all real processes. Figures and how they
+# were taken go in docs/benchmarks.md (the run writes them to bin/bench-path.md).
+bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./...
+	$(GO) run ./internal/pathbench -bin $(BIN) -md bin/bench-path.md
 
 vet:
 	$(GO) vet ./...

@@ -75,12 +75,18 @@ func (j *Journal) Put(r *p2p.Receipt) error {
 	return j.use(func(db *pebble.DB) error { return db.Set([]byte("r/"+r.RequestID), data, pebble.Sync) })
 }
 
-// Done forgets a receipt settlement acknowledged.
-func (j *Journal) Done(requestID string) error {
-	if j == nil {
+// Done forgets receipts settlement acknowledged, in one batch.
+func (j *Journal) Done(requestIDs ...string) error {
+	if j == nil || len(requestIDs) == 0 {
 		return nil
 	}
-	return j.use(func(db *pebble.DB) error { return db.Delete([]byte("r/"+requestID), pebble.NoSync) })
+	return j.use(func(db *pebble.DB) error {
+		b := db.NewBatch()
+		for _, id := range requestIDs {
+			b.Delete([]byte("r/"+id), nil)
+		}
+		return b.Commit(pebble.NoSync)
+	})
 }
 
 // Refused moves a receipt settlement refused on its merits out of the

@@ -286,7 +286,8 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 	stopReset := context.AfterFunc(c.r.Context(), func() { s.Reset() })
 	defer stopReset()
 	s.SetDeadline(earliest(time.Now().Add(g.cfg.HeaderTimeout), c.deadline))
-	bw := bufio.NewWriter(s)
+	bw := p2p.GetWriter(s)
+	defer p2p.PutWriter(bw)
 	hdr, _ := json.Marshal(p2p.InferRequest{RequestID: c.id, Path: c.path, Model: c.meta.Model, Stream: c.meta.Stream})
 	if err := p2p.WriteFrame(bw, p2p.FrameRequest, hdr); err != nil {
 		return 0, &attemptError{err: err}
@@ -297,7 +298,8 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 	if err := bw.Flush(); err != nil {
 		return 0, &attemptError{err: err}
 	}
-	br := bufio.NewReaderSize(s, 32<<10)
+	br := p2p.GetReader(s)
+	defer p2p.PutReader(br)
 	typ, payload, err := p2p.ReadFrame(br, nil, p2p.MaxFrame)
 	if err != nil || typ != p2p.FrameHeader {
 		return 0, &attemptError{err: fmt.Errorf("no answer header: %w", frameErr(err, typ))}
@@ -328,7 +330,7 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 		c.w.Write(payload)
 		return h.Status, nil
 	}
-	rel := &relay{c: c, s: s, br: br, node: node, stopReset: stopReset, deadline: c.deadline}
+	rel := &relay{c: c, s: s, br: br, node: node, nodeID: node.String(), stopReset: stopReset, deadline: c.deadline}
 	if c.meta.Stream {
 		status, aerr := rel.stream()
 		ok = aerr == nil
@@ -358,6 +360,11 @@ type relay struct {
 	s         network.Stream
 	br        *bufio.Reader
 	node      peer.ID
+	nodeID    string      // node.String(), once
 	stopReset func() bool // disarms "client left: reset" once bytes reach the client
 	deadline  time.Time   // the call's MaxCallTime
+
+	rc        *http.ResponseController // the client's, once a stream writes to it
+	ev        []byte                   // the SSE event being written, reused
+	unflushed bool                     // events written but not yet flushed
 }

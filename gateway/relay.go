@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/tokenrouter/tokenrouter/gateway/route"
-	"github.com/tokenrouter/tokenrouter/nodecore/engine"
 	"github.com/tokenrouter/tokenrouter/p2p"
 	"github.com/tokenrouter/tokenrouter/settlement/economy"
 )
@@ -27,7 +26,7 @@ func (rl *relay) readTrailer(payload []byte) (*p2p.Trailer, error) {
 	}
 	c := rl.c
 	cl := t.Claim
-	if cl.RequestID != c.id || cl.Model != c.meta.Model || cl.Node != rl.node.String() || cl.Gateway != c.g.cfg.Host.ID().String() {
+	if cl.RequestID != c.id || cl.Model != c.meta.Model || cl.Node != rl.nodeID || cl.Gateway != c.g.cfg.Host.IDString() {
 		return nil, errors.New("the node's claim is for another call")
 	}
 	if cl.PromptTokens < 0 || cl.CompletionTokens < 0 {
@@ -69,12 +68,12 @@ type delivery struct {
 
 // add counts one chunk or answer; it reports whether it carried output.
 func (d *delivery) add(b []byte) bool {
-	ch, err := engine.ParseChunk(b)
-	if err != nil || !ch.Content {
+	content, chars := chunkOutput(b)
+	if !content {
 		return false
 	}
 	d.chunks++
-	d.chars += ch.Chars
+	d.chars += chars
 	return true
 }
 
@@ -113,7 +112,7 @@ func (rl *relay) whole() (int, *attemptError) {
 	c.nodeDone()
 	c.bill(rl, t, prompt, completion, price, cost)
 	h := c.w.Header()
-	h.Set(HeaderNode, rl.node.String())
+	h.Set(HeaderNode, rl.nodeID)
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(out)))
 	rl.writeDeadline()
@@ -139,7 +138,7 @@ func (rl *relay) stream() (int, *attemptError) {
 		return 499, nil // the client left before its first byte: nothing served, nothing billed
 	}
 	h := c.w.Header()
-	h.Set(HeaderNode, rl.node.String())
+	h.Set(HeaderNode, rl.nodeID)
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("Connection", "keep-alive")
@@ -206,8 +205,13 @@ func (rl *relay) stream() (int, *attemptError) {
 		if trailer != nil || broken != nil {
 			break
 		}
-		if !gone.Load() {
-			rl.s.SetReadDeadline(earliest(time.Now().Add(g.cfg.IdleTimeout), rl.deadline))
+		// Before a read that may wait, send what was relayed and re-arm the
+		// idle deadline; frames already here go out in the same write.
+		if !p2p.FrameBuffered(rl.br) {
+			rl.flush()
+			if !gone.Load() {
+				rl.s.SetReadDeadline(earliest(time.Now().Add(g.cfg.IdleTimeout), rl.deadline))
+			}
 		}
 		buf = payload[:0]
 		if typ, payload, err = p2p.ReadFrame(rl.br, buf, p2p.MaxFrame); err != nil {
@@ -237,6 +241,7 @@ func (rl *relay) stream() (int, *attemptError) {
 			rl.event(errorEvent(c, code, msg))
 			rl.event([]byte("[DONE]"))
 		}
+		rl.flush()
 		return http.StatusOK, nil
 	}
 	rl.s.Close()
@@ -265,6 +270,7 @@ func (rl *relay) stream() (int, *attemptError) {
 		}
 		rl.event([]byte("[DONE]"))
 	}
+	rl.flush()
 	return http.StatusOK, nil
 }
 
@@ -275,28 +281,45 @@ func earliest(a, b time.Time) time.Time {
 	return b
 }
 
-// writeDeadline bounds the next write to the client: a client that stops
+// writeDeadline bounds the next writes to the client: a client that stops
 // reading loses its call instead of holding a node's slot.
 func (rl *relay) writeDeadline() {
-	http.NewResponseController(rl.c.w).SetWriteDeadline(time.Now().Add(rl.c.g.cfg.WriteTimeout))
+	if rl.rc == nil {
+		rl.rc = http.NewResponseController(rl.c.w)
+	}
+	rl.rc.SetWriteDeadline(time.Now().Add(rl.c.g.cfg.WriteTimeout))
 }
 
-// event writes one SSE event (each line of data as a data: field) and flushes.
+// event writes one SSE event (each line of data as a data: field); flush
+// sends it. Events written between two flushes share one write deadline,
+// set by the first of them.
 func (rl *relay) event(data []byte) {
-	w := rl.c.w
-	rl.writeDeadline()
+	if !rl.unflushed {
+		rl.writeDeadline()
+		rl.unflushed = true
+	}
+	b := rl.ev[:0]
 	for {
 		line, rest, more := bytes.Cut(data, []byte("\n"))
-		w.Write([]byte("data: "))
-		w.Write(line)
-		w.Write([]byte("\n"))
+		b = append(b, "data: "...)
+		b = append(b, line...)
+		b = append(b, '\n')
 		if !more {
 			break
 		}
 		data = rest
 	}
-	w.Write([]byte("\n"))
-	http.NewResponseController(w).Flush()
+	b = append(b, '\n')
+	rl.c.w.Write(b)
+	rl.ev = b
+}
+
+// flush sends the events written since the last flush.
+func (rl *relay) flush() {
+	if rl.unflushed {
+		rl.rc.Flush()
+		rl.unflushed = false
+	}
 }
 
 // errorEvent is the one SSE event that ends a stream broken after its first
@@ -422,7 +445,7 @@ func (c *forwardCall) bill(rl *relay, t *p2p.Trailer, prompt, completion int64, 
 	g := c.g
 	r := &p2p.Receipt{
 		RequestID: c.id, Model: c.meta.Model, Consumer: c.account,
-		Node: rl.node.String(), Gateway: g.cfg.Host.ID().String(),
+		Node: rl.nodeID, Gateway: g.cfg.Host.IDString(),
 		PromptTokens: prompt, CompletionTokens: completion,
 		Price: price, CostUcr: cost, TimeMs: time.Now().UnixMilli(),
 		Claim: t.Claim, NodeSig: t.Sig, Grant: c.grant, Hold: c.hold,

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // Frame types on /tokenrouter/infer/1 and /tokenrouter/settle/1. A frame is a
@@ -81,4 +82,59 @@ func unexpected(err error) error {
 		return io.ErrUnexpectedEOF
 	}
 	return err
+}
+
+// FrameBuffered reports whether r already holds a whole frame, so the next
+// ReadFrame returns without waiting on the network. Relays use it to flush
+// (and re-arm deadlines) only before they would block: under a burst they
+// pass many frames on in one write, and a lone frame still goes at once.
+func FrameBuffered(r *bufio.Reader) bool {
+	n := r.Buffered()
+	if n < 2 {
+		return false
+	}
+	b, _ := r.Peek(min(n, 1+binary.MaxVarintLen64))
+	size, k := binary.Uvarint(b[1:])
+	if k <= 0 {
+		return false
+	}
+	return uint64(n-1-k) >= size
+}
+
+// StreamBuffer is the read buffer of a stream's frames: large enough that
+// a relay catching up on a burst of chunks reads many per call.
+const StreamBuffer = 32 << 10
+
+var (
+	readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, StreamBuffer) }}
+	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, StreamBuffer) }}
+)
+
+// GetReader returns a pooled reader of r with a StreamBuffer buffer. One per
+// call allocated 32 KiB a call; PutReader gives it back once nothing reads
+// from it any more (payloads ReadFrame returned do not alias it).
+func GetReader(r io.Reader) *bufio.Reader {
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(r)
+	return br
+}
+
+// PutReader returns a reader from GetReader to the pool.
+func PutReader(br *bufio.Reader) {
+	br.Reset(nil)
+	readers.Put(br)
+}
+
+// GetWriter returns a pooled writer to w with a StreamBuffer buffer.
+func GetWriter(w io.Writer) *bufio.Writer {
+	bw := writers.Get().(*bufio.Writer)
+	bw.Reset(w)
+	return bw
+}
+
+// PutWriter returns a writer from GetWriter to the pool; what it still
+// buffers is dropped.
+func PutWriter(bw *bufio.Writer) {
+	bw.Reset(nil)
+	writers.Put(bw)
 }

@@ -77,7 +77,13 @@ type Host struct {
 
 	topicMu sync.Mutex
 	topics  map[string]*pubsub.Topic
+
+	idString string // ID().String(), which encodes base58 on every call
 }
+
+// IDString is h.ID().String(), computed once: claims and receipts carry it
+// on every call.
+func (h *Host) IDString() string { return h.idString }
 
 // topic joins name once per host, registering validator the first time;
 // every role in the process shares the topic (a node may also be a
@@ -152,7 +158,7 @@ func NewHost(ctx context.Context, cfg Config) (*Host, error) {
 		h.Close()
 		return nil, fmt.Errorf("p2p: start gossipsub: %w", err)
 	}
-	hh := &Host{Host: h, PubSub: ps, Key: key, cfg: cfg, log: log, cancel: cancel}
+	hh := &Host{Host: h, PubSub: ps, Key: key, cfg: cfg, log: log, cancel: cancel, idString: h.ID().String()}
 	for _, s := range cfg.Bootstrap {
 		ai, _ := peer.AddrInfoFromString(s)
 		if ai.ID == h.ID() {

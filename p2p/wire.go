@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -239,19 +240,52 @@ func SignClaim(key crypto.PrivKey, c NodeClaim) ([]byte, error) {
 }
 
 func verifyBy(peerID string, data, sig []byte) error {
-	id, err := peer.Decode(peerID)
+	pub, err := pubKeys.get(peerID)
 	if err != nil {
-		return fmt.Errorf("%w: bad peer id: %v", ErrBadSignature, err)
-	}
-	pub, err := id.ExtractPublicKey()
-	if err != nil {
-		return fmt.Errorf("%w: no public key in peer id: %v", ErrBadSignature, err)
+		return err
 	}
 	ok, err := pub.Verify(data, sig)
 	if err != nil || !ok {
 		return ErrBadSignature
 	}
 	return nil
+}
+
+// pubKeys remembers the public key inside each peer id seen lately: every
+// claim and receipt check needs one, and decoding it from the id's base58
+// text costs more than a map lookup.
+var pubKeys = pubKeyCache{keys: map[string]crypto.PubKey{}}
+
+// maxPubKeys bounds the cache; past it, it starts over.
+const maxPubKeys = 100_000
+
+type pubKeyCache struct {
+	mu   sync.RWMutex
+	keys map[string]crypto.PubKey
+}
+
+func (c *pubKeyCache) get(peerID string) (crypto.PubKey, error) {
+	c.mu.RLock()
+	pub, ok := c.keys[peerID]
+	c.mu.RUnlock()
+	if ok {
+		return pub, nil
+	}
+	id, err := peer.Decode(peerID)
+	if err != nil {
+		return nil, fmt.Errorf("%w: bad peer id: %v", ErrBadSignature, err)
+	}
+	pub, err = id.ExtractPublicKey()
+	if err != nil {
+		return nil, fmt.Errorf("%w: no public key in peer id: %v", ErrBadSignature, err)
+	}
+	c.mu.Lock()
+	if len(c.keys) >= maxPubKeys {
+		clear(c.keys)
+	}
+	c.keys[peerID] = pub
+	c.mu.Unlock()
+	return pub, nil
 }
 
 // NodeRegistration links a node's peer id to the account owning an API key.

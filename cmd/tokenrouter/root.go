@@ -18,6 +18,7 @@ type globals struct {
 	config    string
 	logLevel  string
 	logFormat string
+	pprof     string // hidden: HOST:PORT serving net/http/pprof (benchmarks)
 }
 
 func newRootCmd() *cobra.Command {
@@ -36,13 +37,18 @@ A flag given on the command line wins over the environment, which wins over the 
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return applyEnvAndConfig(cmd, g.config)
+			if err := applyEnvAndConfig(cmd, g.config); err != nil {
+				return err
+			}
+			return servePprof(g.pprof)
 		},
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.config, "config", "", "read flag values from this TOML or YAML file")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
+	pf.StringVar(&g.pprof, "pprof", "", "serve Go's net/http/pprof on this HOST:PORT (for profiling)")
+	pf.MarkHidden("pprof")
 	root.AddCommand(
 		newEngineCmd(g),
 		newBootstrapCmd(g),

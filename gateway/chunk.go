@@ -1,0 +1,475 @@
+package gateway
+
+import (
+	"bytes"
+	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
+
+	"github.com/tokenrouter/tokenrouter/nodecore/engine"
+)
+
+// chunkOutput is what engine.ParseChunk says of a streamed chunk's
+// output: whether it carries any (Content) and how many characters (Chars).
+// The relay asks it of every chunk, to count what reached the client (the
+// bill's cap) and the node's rate. ParseChunk decodes the whole chunk with
+// encoding/json; this reads it in one pass without decoding, several times
+// faster, and leaves to ParseChunk anything it is unsure of: a key that is
+// escaped, not ASCII, repeated, or differs from a field name only in case
+// or punctuation; a field of an unexpected type; output that is an array or
+// an escaped string; deep nesting; broken JSON. FuzzChunkOutput checks the
+// two always agree.
+func chunkOutput(chunk []byte) (content bool, chars int64) {
+	sc := chunkScanner{b: chunk}
+	if ok := sc.scan(); ok {
+		return sc.has, sc.chars
+	}
+	ch, err := engine.ParseChunk(chunk)
+	if err != nil || !ch.Content {
+		return false, 0
+	}
+	return true, ch.Chars
+}
+
+// Where a value sits, for the few places chunkOutput looks into.
+type chunkPlace uint8
+
+const (
+	placeOther   chunkPlace = iota // validated, not looked into
+	placeTop                       // the chunk itself
+	placeChoices                   // the top-level "choices"
+	placeChoice                    // one element of it
+	placeMessage                   // a choice's "delta" or "message"
+	placeOutput                    // text, content, tool_calls, reasoning_content, reasoning
+)
+
+// maxChunkDepth is how deep the scanner nests before it leaves the chunk to
+// the engine's decoding (encoding/json allows 10,000 levels).
+const maxChunkDepth = 200
+
+// chunkScanner validates a chunk as encoding/json does and notes whether an
+// output field holds a non-empty string or array. ok false means "ask the
+// engine": the scanner never answers for a chunk it is unsure of.
+type chunkScanner struct {
+	b     []byte
+	i     int
+	depth int
+	has   bool  // an output field is non-empty
+	chars int64 // runes of the non-empty output strings
+	bad   bool  // invalid JSON (encoding/json says false)
+	odd   bool  // valid perhaps, but not a shape the scanner answers for
+}
+
+func (s *chunkScanner) scan() (ok bool) {
+	s.ws()
+	if s.i >= len(s.b) || s.b[s.i] != '{' {
+		return false
+	}
+	s.value(placeTop)
+	s.ws()
+	if s.i != len(s.b) {
+		s.bad = true
+	}
+	return !s.odd && !s.bad
+}
+
+func (s *chunkScanner) ws() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+func (s *chunkScanner) failed() bool { return s.bad || s.odd }
+
+// value reads one JSON value at place.
+func (s *chunkScanner) value(place chunkPlace) {
+	s.ws()
+	if s.i >= len(s.b) {
+		s.bad = true
+		return
+	}
+	start := s.i
+	switch c := s.b[s.i]; {
+	case c == '{':
+		switch place {
+		case placeTop, placeChoice, placeMessage, placeOther, placeOutput:
+		default:
+			s.odd = true // choices as an object: a type error
+			return
+		}
+		s.object(place)
+	case c == '[':
+		switch place {
+		case placeChoices, placeOther, placeOutput:
+		default:
+			s.odd = true
+			return
+		}
+		s.array(place)
+	case c == '"':
+		if place != placeOther && place != placeOutput {
+			s.odd = true
+			return
+		}
+		s.str()
+	case c == 'n':
+		s.literal("null")
+	case c == 't':
+		s.literal("true")
+		if place != placeOther && place != placeOutput {
+			s.odd = true
+		}
+	case c == 'f':
+		s.literal("false")
+		if place != placeOther && place != placeOutput {
+			s.odd = true
+		}
+	case c == '-' || c >= '0' && c <= '9':
+		s.number()
+		if place != placeOther && place != placeOutput {
+			s.odd = true
+		}
+	default:
+		s.bad = true
+	}
+	if place == placeOutput && !s.failed() {
+		raw := s.b[start:s.i]
+		switch {
+		case raw[0] == '"' && len(raw) > 2:
+			s.has = true
+			s.chars += stringRunes(raw[1 : len(raw)-1])
+		case raw[0] == '[' && bytes.IndexFunc(raw[1:len(raw)-1], notSpace) >= 0:
+			s.odd = true // content parts or tool calls: counted by ParseChunk
+		}
+	}
+}
+
+// stringRunes counts the characters of a valid JSON string's contents as
+// encoding/json decodes them: an escape is one, a valid surrogate pair one,
+// an invalid byte one (it becomes U+FFFD).
+func stringRunes(b []byte) int64 {
+	if bytes.IndexByte(b, '\\') < 0 {
+		return int64(utf8.RuneCount(b))
+	}
+	var n int64
+	for i := 0; i < len(b); n++ {
+		if b[i] != '\\' {
+			_, size := utf8.DecodeRune(b[i:])
+			i += size
+			continue
+		}
+		if b[i+1] != 'u' {
+			i += 2
+			continue
+		}
+		r := hex4(b[i+2:])
+		i += 6
+		if utf16.IsSurrogate(r) && i+6 <= len(b) && b[i] == '\\' && b[i+1] == 'u' &&
+			utf16.DecodeRune(r, hex4(b[i+2:])) != unicode.ReplacementChar {
+			i += 6 // a pair: one character
+		}
+	}
+	return n
+}
+
+// hex4 reads the four hex digits of a \u escape (already validated).
+func hex4(b []byte) rune {
+	var r rune
+	for _, c := range b[:4] {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'a' && c <= 'f':
+			c = c - 'a' + 10
+		default:
+			c = c - 'A' + 10
+		}
+		r = r<<4 | rune(c)
+	}
+	return r
+}
+
+func notSpace(r rune) bool { return r != ' ' && r != '\t' && r != '\n' && r != '\r' }
+
+func (s *chunkScanner) object(place chunkPlace) {
+	s.depth++
+	if s.depth > maxChunkDepth {
+		s.odd = true
+		return
+	}
+	s.i++ // {
+	var seen uint8
+	s.ws()
+	if s.i < len(s.b) && s.b[s.i] == '}' {
+		s.i++
+		s.depth--
+		return
+	}
+	for !s.failed() {
+		s.ws()
+		if s.i >= len(s.b) || s.b[s.i] != '"' {
+			s.bad = true
+			return
+		}
+		key, plain := s.str()
+		if s.failed() {
+			return
+		}
+		s.ws()
+		if s.i >= len(s.b) || s.b[s.i] != ':' {
+			s.bad = true
+			return
+		}
+		s.i++
+		inner := placeOther
+		if place == placeTop || place == placeChoice || place == placeMessage {
+			var bit uint8
+			inner, bit = fieldPlace(place, key, plain)
+			if inner == placeOther && bit != 0 {
+				s.odd = true // a near miss encoding/json might match
+				return
+			}
+			if bit != 0 {
+				if seen&bit != 0 {
+					s.odd = true // a repeated field: encoding/json merges
+					return
+				}
+				seen |= bit
+			}
+		}
+		s.value(inner)
+		if s.failed() {
+			return
+		}
+		s.ws()
+		if s.i >= len(s.b) {
+			s.bad = true
+			return
+		}
+		switch s.b[s.i] {
+		case ',':
+			s.i++
+		case '}':
+			s.i++
+			s.depth--
+			return
+		default:
+			s.bad = true
+			return
+		}
+	}
+}
+
+func (s *chunkScanner) array(place chunkPlace) {
+	s.depth++
+	if s.depth > maxChunkDepth {
+		s.odd = true
+		return
+	}
+	s.i++ // [
+	s.ws()
+	if s.i < len(s.b) && s.b[s.i] == ']' {
+		s.i++
+		s.depth--
+		return
+	}
+	inner := placeOther
+	if place == placeChoices {
+		inner = placeChoice
+	}
+	for !s.failed() {
+		s.value(inner)
+		if s.failed() {
+			return
+		}
+		s.ws()
+		if s.i >= len(s.b) {
+			s.bad = true
+			return
+		}
+		switch s.b[s.i] {
+		case ',':
+			s.i++
+		case ']':
+			s.i++
+			s.depth--
+			return
+		default:
+			s.bad = true
+			return
+		}
+	}
+}
+
+// fieldPlace says where a key of an object at place leads, and which bit
+// marks it seen. A key that is not exactly a field name but that
+// encoding/json's case-insensitive matching could take for one (or that the
+// scanner cannot judge: escaped or not ASCII) returns placeOther with a
+// non-zero bit, so the scanner gives up.
+func fieldPlace(place chunkPlace, key []byte, plain bool) (chunkPlace, uint8) {
+	var names []string
+	switch place {
+	case placeTop:
+		names = topFields
+	case placeChoice:
+		names = choiceFields
+	case placeMessage:
+		names = messageFields
+	}
+	for i, n := range names {
+		if string(key) == n {
+			switch {
+			case place == placeTop:
+				return placeChoices, 1
+			case place == placeChoice && (n == "delta" || n == "message"):
+				return placeMessage, 1 << i
+			default:
+				return placeOutput, 1 << i
+			}
+		}
+	}
+	if !plain {
+		return placeOther, 0x80
+	}
+	for _, n := range names {
+		if looseEqual(key, n) {
+			return placeOther, 0x80
+		}
+	}
+	return placeOther, 0
+}
+
+// The fields engine.ParseChunk reads that decide whether a chunk has
+// content; its other fields take any value, so they cannot change that.
+var (
+	topFields     = []string{"choices"}
+	choiceFields  = []string{"text", "delta", "message"}
+	messageFields = []string{"content", "reasoning_content", "reasoning", "tool_calls"}
+)
+
+// looseEqual reports whether key matches name ignoring ASCII case, '_' and
+// '-': looser than any matching encoding/json does, so a key it rejects is
+// surely not the field.
+func looseEqual(key []byte, name string) bool {
+	j := 0
+	for _, c := range key {
+		if c == '_' || c == '-' {
+			continue
+		}
+		for j < len(name) && (name[j] == '_' || name[j] == '-') {
+			j++
+		}
+		if j >= len(name) || c|0x20 != name[j]|0x20 {
+			return false
+		}
+		j++
+	}
+	for j < len(name) && (name[j] == '_' || name[j] == '-') {
+		j++
+	}
+	return j == len(name)
+}
+
+// str reads a string; key is its content between the quotes, plain whether
+// it is ASCII without escapes.
+func (s *chunkScanner) str() (key []byte, plain bool) {
+	s.i++ // "
+	start := s.i
+	plain = true
+	for s.i < len(s.b) {
+		c := s.b[s.i]
+		switch {
+		case c == '"':
+			key = s.b[start:s.i]
+			s.i++
+			return key, plain
+		case c == '\\':
+			plain = false
+			s.i++
+			if s.i >= len(s.b) {
+				s.bad = true
+				return nil, false
+			}
+			switch s.b[s.i] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				s.i++
+			case 'u':
+				if s.i+4 >= len(s.b) || !isHex(s.b[s.i+1]) || !isHex(s.b[s.i+2]) || !isHex(s.b[s.i+3]) || !isHex(s.b[s.i+4]) {
+					s.bad = true
+					return nil, false
+				}
+				s.i += 5
+			default:
+				s.bad = true
+				return nil, false
+			}
+		case c < 0x20:
+			s.bad = true
+			return nil, false
+		default:
+			if c >= 0x80 {
+				plain = false
+			}
+			s.i++
+		}
+	}
+	s.bad = true
+	return nil, false
+}
+
+func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
+
+func (s *chunkScanner) literal(lit string) {
+	if !bytes.HasPrefix(s.b[s.i:], []byte(lit)) {
+		s.bad = true
+		return
+	}
+	s.i += len(lit)
+}
+
+// number reads a JSON number: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+func (s *chunkScanner) number() {
+	b := s.b
+	if b[s.i] == '-' {
+		s.i++
+	}
+	switch {
+	case s.i < len(b) && b[s.i] == '0':
+		s.i++
+	case s.i < len(b) && b[s.i] >= '1' && b[s.i] <= '9':
+		for s.i < len(b) && b[s.i] >= '0' && b[s.i] <= '9' {
+			s.i++
+		}
+	default:
+		s.bad = true
+		return
+	}
+	if s.i < len(b) && b[s.i] == '.' {
+		s.i++
+		if s.i >= len(b) || b[s.i] < '0' || b[s.i] > '9' {
+			s.bad = true
+			return
+		}
+		for s.i < len(b) && b[s.i] >= '0' && b[s.i] <= '9' {
+			s.i++
+		}
+	}
+	if s.i < len(b) && (b[s.i] == 'e' || b[s.i] == 'E') {
+		s.i++
+		if s.i < len(b) && (b[s.i] == '+' || b[s.i] == '-') {
+			s.i++
+		}
+		if s.i >= len(b) || b[s.i] < '0' || b[s.i] > '9' {
+			s.bad = true
+			return
+		}
+		for s.i < len(b) && b[s.i] >= '0' && b[s.i] <= '9' {
+			s.i++
+		}
+	}
+}
