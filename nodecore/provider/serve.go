@@ -38,7 +38,8 @@ func (n *Node) serveInfer(parent context.Context) network.StreamHandler {
 				n.log.Error("panic serving an inference stream; the stream was reset", "panic", fmt.Sprint(v))
 			}
 		}()
-		c := &call{n: n, s: s, w: bufio.NewWriterSize(s, 32<<10)}
+		c := &call{n: n, s: s, w: p2p.GetWriter(s)} // pooled: 32 KiB a call was most of the node's garbage
+		defer p2p.PutWriter(c.w)
 		if err := c.serve(parent); err != nil {
 			n.log.Debug("infer stream ended with an error", "request", c.req.RequestID, "err", err)
 			s.Reset()
@@ -223,13 +224,17 @@ func (c *call) relayBody(body io.Reader, request []byte, start time.Time) error 
 // A failure after the first chunk is never relayed as a chunk: the node
 // ends the call Incomplete, and claims only the output it relayed.
 func (c *call) relayStream(ctx context.Context, body io.Reader, request []byte, start time.Time) error {
-	s := engine.NewStream(body, engine.FillerFor(c.req.Path, true, c.req.RequestID, c.req.Model, start.Unix()))
+	fr := &flushBeforeRead{r: body, w: c.w}
+	s := engine.NewStream(fr, engine.FillerFor(c.req.Path, true, c.req.RequestID, c.req.Model, start.Unix()))
 	var first, last time.Time
 	sent := false
 	var end error
 	for {
 		before := s.Chunks
 		chunk, hasUsage, err := s.Next()
+		if fr.err != nil {
+			return fr.err // the gateway is gone
+		}
 		if err != nil {
 			end = err
 			break
@@ -251,9 +256,6 @@ func (c *call) relayStream(ctx context.Context, body io.Reader, request []byte, 
 			typ = p2p.FrameUsage
 		}
 		if err := c.write(typ, chunk); err != nil {
-			return err
-		}
-		if err := c.w.Flush(); err != nil {
 			return err
 		}
 	}
@@ -287,6 +289,25 @@ func (c *call) relayStream(ctx context.Context, body io.Reader, request []byte, 
 		c.n.measure(s.Chunks-1, last.Sub(first))
 	}
 	return c.trailer(claim)
+}
+
+// flushBeforeRead sends what the node relayed before it waits on the
+// engine for more: chunks the engine already sent go to the gateway in one
+// write, and a chunk that has no successor yet leaves at once.
+type flushBeforeRead struct {
+	r   io.Reader
+	w   *bufio.Writer
+	err error // the flush that failed
+}
+
+func (f *flushBeforeRead) Read(p []byte) (int, error) {
+	if f.w.Buffered() > 0 {
+		if err := f.w.Flush(); err != nil {
+			f.err = err
+			return 0, err
+		}
+	}
+	return f.r.Read(p)
 }
 
 // trailer signs and sends the node's claim for this call.
