@@ -173,8 +173,12 @@ type claimsReply struct {
 }
 
 // ServeClaims answers gateways asking this node to sign claims it made for
-// them; known reports whether a hash is a claim it made for gateway.
-func ServeClaims(h *Host, known func(gateway string, hash [32]byte) bool) {
+// them, with key (nil = the host's key); known reports whether a hash is a
+// claim it made for gateway.
+func ServeClaims(h *Host, key crypto.PrivKey, known func(gateway string, hash [32]byte) bool) {
+	if key == nil {
+		key = h.Key
+	}
 	h.SetStreamHandler(ProtoClaims, func(s network.Stream) {
 		defer recoverStream(s, h)
 		defer s.Close()
@@ -201,7 +205,7 @@ func ServeClaims(h *Host, known func(gateway string, hash [32]byte) bool) {
 				hashes = append(hashes, hh)
 			}
 			if reply.Error == "" {
-				reply.Batch, err = SignClaimBatch(h.Key, h.ID().String(), gw, hashes)
+				reply.Batch, err = SignClaimBatch(key, h.ID().String(), gw, hashes)
 				if err != nil {
 					reply.Batch, reply.Error = nil, "cannot sign"
 				}

@@ -179,6 +179,8 @@ type NodeOptions struct {
 	MaxInFlight       int            // calls in flight across all models (0 = no cap)
 	Models            []string
 	Synthetic         bool
+	// Tune, when set, adjusts the configuration last (tests use it).
+	Tune func(*provider.Config)
 }
 
 // Node runs a node until ctx ends.
@@ -212,6 +214,9 @@ func Node(ctx context.Context, o NodeOptions) error {
 		cfg.Capacity = o.Capacity
 	}
 	cfg.ModelCapacity, cfg.MaxInFlight = o.ModelCapacity, o.MaxInFlight
+	if o.Tune != nil {
+		o.Tune(&cfg)
+	}
 	n, err := provider.New(cfg)
 	if err != nil {
 		return err

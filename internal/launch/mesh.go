@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tokenrouter/tokenrouter/nodecore/engine"
+	"github.com/tokenrouter/tokenrouter/nodecore/provider"
 )
 
 // MeshOptions describe a whole local mesh on 127.0.0.1.
@@ -36,6 +37,8 @@ type MeshOptions struct {
 	Gateway func(*GatewayOptions)
 	// Engine, when set, adjusts node i's synthetic engine (tests use it).
 	Engine func(i int, c *engine.SyntheticConfig)
+	// Node, when set, adjusts node i's configuration (tests use it).
+	Node func(i int, c *provider.Config)
 }
 
 // Mesh is a running local mesh.
@@ -172,6 +175,11 @@ func StartMesh(parent context.Context, o MeshOptions) (*Mesh, error) {
 				Common:   Common{Data: ndir, Listen: loopback, Bootstrap: boot, Logger: log.With("role", nname)},
 				Platform: m.PlatformID, Upstream: "http://" + engineAddr + "/v1",
 				AccountKey: m.OperatorKey, Capacity: o.Capacity, Synthetic: true,
+				Tune: func(c *provider.Config) {
+					if o.Node != nil {
+						o.Node(i, c)
+					}
+				},
 			})
 		})
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/tokenrouter/tokenrouter/nodecore/engine"
 	"github.com/tokenrouter/tokenrouter/p2p"
@@ -46,6 +47,10 @@ type Config struct {
 	MaxBody      int64         // largest upstream response body read for a non-streamed call
 	MaxRequest   int64         // largest request body a gateway may send
 	WriteTimeout time.Duration // a gateway that reads nothing for this long loses the stream
+	// ClaimKey signs the node's claims and claim batches instead of the
+	// host's key (nil = the host's key). Only tests set it, to play a node
+	// whose signatures do not match its peer id.
+	ClaimKey crypto.PrivKey
 }
 
 // DefaultConfig returns the defaults; Host, Upstream and Platform must be set.
@@ -184,7 +189,7 @@ func (n *Node) Run(ctx context.Context, ready func()) error {
 	n.topic = topic
 	n.cfg.Host.SetStreamHandler(p2p.ProtoInfer, n.serveInfer(ctx))
 	defer n.cfg.Host.RemoveStreamHandler(p2p.ProtoInfer)
-	p2p.ServeClaims(n.cfg.Host, n.claims.known)
+	p2p.ServeClaims(n.cfg.Host, n.cfg.ClaimKey, n.claims.known)
 	defer n.cfg.Host.RemoveStreamHandler(p2p.ProtoClaims)
 	n.log.Info("node serving", "peer", n.cfg.Host.ID().String(), "models", n.Models(), "capacity", n.cfg.Capacity, "model_capacity", n.cfg.ModelCapacity)
 	if ready != nil {

@@ -316,7 +316,11 @@ func (c *call) trailer(claim p2p.NodeClaim) error {
 	claim.Model = c.req.Model
 	claim.Node = c.n.cfg.Host.ID().String()
 	claim.Gateway = c.s.Conn().RemotePeer().String()
-	sig, err := p2p.SignClaim(c.n.cfg.Host.Key, claim)
+	key := c.n.cfg.ClaimKey
+	if key == nil {
+		key = c.n.cfg.Host.Key
+	}
+	sig, err := p2p.SignClaim(key, claim)
 	if err != nil {
 		return err
 	}
