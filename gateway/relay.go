@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tokenrouter/tokenrouter/gateway/route"
+	"github.com/tokenrouter/tokenrouter/nodecore/engine"
 	"github.com/tokenrouter/tokenrouter/p2p"
 	"github.com/tokenrouter/tokenrouter/settlement/economy"
 )
@@ -76,7 +77,7 @@ type delivery struct {
 
 // add counts one chunk or answer; it reports whether it carried output.
 func (d *delivery) add(b []byte) bool {
-	content, chars := chunkOutput(b)
+	content, chars := engine.ChunkOutput(b)
 	if !content {
 		return false
 	}

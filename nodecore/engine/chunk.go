@@ -34,6 +34,10 @@ type Chunk struct {
 	// missing has a bit set per top-level field OpenAI's schema requires
 	// that the payload lacks (see [Filler]).
 	missing field
+	// exact says missing was read from the exact top-level keys, as the
+	// Filler wants them ([ReadChunk]'s one-pass reading, which leaves any
+	// key encoding/json might fold to ParseChunk).
+	exact bool
 }
 
 // ChoiceEnd is one choice of a chunk: its index and whether it finished.

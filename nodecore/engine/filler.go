@@ -54,7 +54,9 @@ func (f *Filler) Fill(b []byte, c *Chunk) []byte {
 	// (Python, JavaScript) do not, so "oBjeCt" is no "object" to them. The
 	// exact top-level keys decide.
 	present := field(0)
-	if eachTopLevel(b, func(key []byte, _, _ int) {
+	if c.exact {
+		// ReadChunk read the exact keys already.
+	} else if eachTopLevel(b, func(key []byte, _, _ int) {
 		switch string(key) {
 		case "id":
 			present |= fieldID

@@ -57,7 +57,7 @@ func (s *Stream) Next() (chunk []byte, hasUsage bool, err error) {
 		if s.sse.Event() == "error" {
 			return nil, false, ParseError(0, data)
 		}
-		c, err := ParseChunk(data)
+		c, err := ReadChunk(data)
 		if err != nil {
 			s.Skipped++
 			continue

@@ -196,7 +196,7 @@ func (c *call) relayBody(body io.Reader, request []byte, start time.Time) error 
 	if int64(len(data)) > c.n.cfg.MaxBody {
 		return c.refuse(http.StatusBadGateway, "server_error", "upstream_too_large", "the engine's answer is too large")
 	}
-	answer, err := engine.ParseChunk(data)
+	answer, err := engine.ReadChunk(data)
 	if err != nil {
 		return c.refuse(http.StatusBadGateway, "server_error", "upstream_bad_json", "the node's engine answered with invalid JSON")
 	}

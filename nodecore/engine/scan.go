@@ -1,37 +1,43 @@
-package gateway
+package engine
 
 import (
 	"bytes"
+	"strconv"
 	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
-
-	"github.com/tokenrouter/tokenrouter/nodecore/engine"
 )
 
-// chunkOutput is what engine.ParseChunk says of a streamed chunk's
-// output: whether it carries any (Content) and how many characters (Chars).
-// The relay asks it of every chunk, to count what reached the client (the
-// bill's cap) and the node's rate. ParseChunk decodes the whole chunk with
-// encoding/json; this reads it in one pass without decoding, several times
-// faster, and leaves to ParseChunk anything it is unsure of: a key that is
-// escaped, not ASCII, repeated, or differs from a field name only in case
-// or punctuation; a field of an unexpected type; output that is an array or
-// an escaped string; deep nesting; broken JSON. FuzzChunkOutput checks the
-// two always agree.
-func chunkOutput(chunk []byte) (content bool, chars int64) {
-	sc := chunkScanner{b: chunk}
-	if ok := sc.scan(); ok {
-		return sc.has, sc.chars
+// ReadChunk is [ParseChunk], faster for the common chunk. It reads a chunk
+// in one pass without decoding when it has the usual shape, and leaves to
+// ParseChunk anything it is unsure of: a key that is escaped, not ASCII,
+// repeated, or differs from a field name only in case or punctuation; a
+// field of an unexpected type; output that is an array (content parts,
+// tool calls); a usage object; an error; deep nesting; broken JSON. On a
+// typical chunk it takes a quarter of ParseChunk's time, with one small
+// allocation instead of 11 (BenchmarkReadChunk). FuzzReadChunk checks that
+// the two always agree on every field a node or a gateway reads.
+func ReadChunk(b []byte) (Chunk, error) {
+	sc := chunkScanner{b: b}
+	if sc.scan() {
+		c := Chunk{Content: sc.has, Chars: sc.chars, Choices: sc.ends, missing: sc.missing(), exact: true}
+		return c, nil
 	}
-	ch, err := engine.ParseChunk(chunk)
+	return ParseChunk(b)
+}
+
+// ChunkOutput is what [ParseChunk] says of a streamed chunk's output:
+// whether it carries any (Content) and how many characters (Chars), 0 for
+// a payload that is not a JSON object. The gateway asks it of every chunk.
+func ChunkOutput(chunk []byte) (content bool, chars int64) {
+	ch, err := ReadChunk(chunk)
 	if err != nil || !ch.Content {
 		return false, 0
 	}
 	return true, ch.Chars
 }
 
-// Where a value sits, for the few places chunkOutput looks into.
+// Where a value sits, for the few places the scanner looks into.
 type chunkPlace uint8
 
 const (
@@ -56,8 +62,10 @@ type chunkScanner struct {
 	depth int
 	has   bool  // an output field is non-empty
 	chars int64 // runes of the non-empty output strings
-	bad   bool  // invalid JSON (encoding/json says false)
-	odd   bool  // valid perhaps, but not a shape the scanner answers for
+	top   field // the top-level fields present (exact keys)
+	ends  []ChoiceEnd
+	bad   bool // invalid JSON (encoding/json says false)
+	odd   bool // valid perhaps, but not a shape the scanner answers for
 }
 
 func (s *chunkScanner) scan() (ok bool) {
@@ -86,12 +94,17 @@ func (s *chunkScanner) ws() {
 
 func (s *chunkScanner) failed() bool { return s.bad || s.odd }
 
-// value reads one JSON value at place.
-func (s *chunkScanner) value(place chunkPlace) {
+// missing is the Filler's set of absent top-level fields.
+func (s *chunkScanner) missing() field {
+	return (fieldID | fieldObject | fieldCreated | fieldModel) &^ s.top
+}
+
+// value reads one JSON value at place and returns it as it is.
+func (s *chunkScanner) value(place chunkPlace) []byte {
 	s.ws()
 	if s.i >= len(s.b) {
 		s.bad = true
-		return
+		return nil
 	}
 	start := s.i
 	switch c := s.b[s.i]; {
@@ -100,7 +113,10 @@ func (s *chunkScanner) value(place chunkPlace) {
 		case placeTop, placeChoice, placeMessage, placeOther, placeOutput:
 		default:
 			s.odd = true // choices as an object: a type error
-			return
+			return nil
+		}
+		if place == placeChoice {
+			s.ends = append(s.ends, ChoiceEnd{Index: len(s.ends)})
 		}
 		s.object(place)
 	case c == '[':
@@ -108,17 +124,20 @@ func (s *chunkScanner) value(place chunkPlace) {
 		case placeChoices, placeOther, placeOutput:
 		default:
 			s.odd = true
-			return
+			return nil
 		}
 		s.array(place)
 	case c == '"':
 		if place != placeOther && place != placeOutput {
 			s.odd = true
-			return
+			return nil
 		}
 		s.str()
 	case c == 'n':
 		s.literal("null")
+		if place == placeChoice {
+			s.ends = append(s.ends, ChoiceEnd{Index: len(s.ends)}) // a null choice is a choice
+		}
 	case c == 't':
 		s.literal("true")
 		if place != placeOther && place != placeOutput {
@@ -137,8 +156,11 @@ func (s *chunkScanner) value(place chunkPlace) {
 	default:
 		s.bad = true
 	}
-	if place == placeOutput && !s.failed() {
-		raw := s.b[start:s.i]
+	if s.failed() {
+		return nil
+	}
+	raw := s.b[start:s.i]
+	if place == placeOutput {
 		switch {
 		case raw[0] == '"' && len(raw) > 2:
 			s.has = true
@@ -147,6 +169,7 @@ func (s *chunkScanner) value(place chunkPlace) {
 			s.odd = true // content parts or tool calls: counted by ParseChunk
 		}
 	}
+	return raw
 }
 
 // stringRunes counts the characters of a valid JSON string's contents as
@@ -226,11 +249,11 @@ func (s *chunkScanner) object(place chunkPlace) {
 			return
 		}
 		s.i++
-		inner := placeOther
+		inner, name := placeOther, ""
 		if place == placeTop || place == placeChoice || place == placeMessage {
 			var bit uint8
-			inner, bit = fieldPlace(place, key, plain)
-			if inner == placeOther && bit != 0 {
+			inner, bit, name = fieldPlace(place, key, plain)
+			if name == "" && bit != 0 {
 				s.odd = true // a near miss encoding/json might match
 				return
 			}
@@ -242,9 +265,12 @@ func (s *chunkScanner) object(place chunkPlace) {
 				seen |= bit
 			}
 		}
-		s.value(inner)
+		raw := s.value(inner)
 		if s.failed() {
 			return
+		}
+		if name != "" {
+			s.field(place, name, raw)
 		}
 		s.ws()
 		if s.i >= len(s.b) {
@@ -306,12 +332,13 @@ func (s *chunkScanner) array(place chunkPlace) {
 	}
 }
 
-// fieldPlace says where a key of an object at place leads, and which bit
-// marks it seen. A key that is not exactly a field name but that
-// encoding/json's case-insensitive matching could take for one (or that the
-// scanner cannot judge: escaped or not ASCII) returns placeOther with a
-// non-zero bit, so the scanner gives up.
-func fieldPlace(place chunkPlace, key []byte, plain bool) (chunkPlace, uint8) {
+// fieldPlace says where a key of an object at place leads, which bit marks
+// it seen, and the field's name when the key is exactly one ParseChunk
+// reads. A key that is not exactly a field name but that encoding/json's
+// case-insensitive matching could take for one (or that the scanner cannot
+// judge: escaped or not ASCII) returns no name and a non-zero bit, so the
+// scanner gives up.
+func fieldPlace(place chunkPlace, key []byte, plain bool) (chunkPlace, uint8, string) {
 	var names []string
 	switch place {
 	case placeTop:
@@ -324,31 +351,75 @@ func fieldPlace(place chunkPlace, key []byte, plain bool) (chunkPlace, uint8) {
 	for i, n := range names {
 		if string(key) == n {
 			switch {
+			case place == placeTop && n == "choices":
+				return placeChoices, 1 << i, n
 			case place == placeTop:
-				return placeChoices, 1
+				return placeOther, 1 << i, n
 			case place == placeChoice && (n == "delta" || n == "message"):
-				return placeMessage, 1 << i
+				return placeMessage, 1 << i, n
+			case place == placeChoice && n != "text":
+				return placeOther, 1 << i, n // index, finish_reason
 			default:
-				return placeOutput, 1 << i
+				return placeOutput, 1 << i, n
 			}
 		}
 	}
 	if !plain {
-		return placeOther, 0x80
+		return placeOther, 0x80, ""
 	}
 	for _, n := range names {
 		if looseEqual(key, n) {
-			return placeOther, 0x80
+			return placeOther, 0x80, ""
 		}
 	}
-	return placeOther, 0
+	return placeOther, 0, ""
 }
 
-// The fields engine.ParseChunk reads that decide whether a chunk has
-// content; its other fields take any value, so they cannot change that.
+// field notes what ParseChunk reads of a field's value raw, exactly as its
+// decoder would hand it over.
+func (s *chunkScanner) field(place chunkPlace, name string, raw []byte) {
+	switch place {
+	case placeTop:
+		switch name {
+		case "id":
+			s.top |= fieldID
+		case "object":
+			s.top |= fieldObject
+			if string(raw) == `"error"` {
+				s.odd = true // an engine's error: ParseChunk reads it
+			}
+		case "created":
+			s.top |= fieldCreated
+		case "model":
+			s.top |= fieldModel
+		case "usage":
+			if raw[0] == '{' {
+				s.odd = true // usage: ParseChunk decodes it
+			}
+		case "error":
+			if string(raw) != "null" && string(raw) != `""` && string(raw) != "false" {
+				s.odd = true
+			}
+		}
+	case placeChoice:
+		end := &s.ends[len(s.ends)-1]
+		switch name {
+		case "index":
+			if n, err := strconv.Atoi(string(raw)); err == nil {
+				end.Index = n
+			}
+		case "finish_reason":
+			end.Finished = len(raw) > 2 && raw[0] == '"'
+		}
+	}
+}
+
+// The fields of a chunk engine.ParseChunk reads. Output fields' other
+// fields take any value, so they cannot change what it says. At most 7 a
+// place: the 8th bit marks a near miss.
 var (
-	topFields     = []string{"choices"}
-	choiceFields  = []string{"text", "delta", "message"}
+	topFields     = []string{"choices", "id", "object", "created", "model", "usage", "error"}
+	choiceFields  = []string{"text", "delta", "message", "index", "finish_reason"}
 	messageFields = []string{"content", "reasoning_content", "reasoning", "tool_calls"}
 )
 

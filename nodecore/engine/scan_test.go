@@ -1,9 +1,8 @@
-package gateway
+package engine
 
 import (
+	"reflect"
 	"testing"
-
-	"github.com/tokenrouter/tokenrouter/nodecore/engine"
 )
 
 var chunkCases = []struct {
@@ -45,56 +44,91 @@ var chunkCases = []struct {
 	{"numbers", `{"n":-0.5e+10,"choices":[{"index":0,"delta":{"content":"x"}}]}`, true, 1},
 	{"bad number", `{"n":01,"choices":[{"delta":{"content":"x"}}]}`, false, 0},
 	{"control character", "{\"choices\":[{\"delta\":{\"content\":\"a\x01\"}}]}", false, 0},
+	{"index and finish", `{"id":"x","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":3,"delta":{"content":"ab"},"finish_reason":null},{"index":1,"delta":{},"finish_reason":"stop"}]}`, true, 2},
+	{"index odd", `{"choices":[{"index":"1","delta":{"content":"a"}},{"index":1.5,"finish_reason":""},{"index":null,"finish_reason":"x"}]}`, true, 1},
+	{"near-miss index", `{"choices":[{"Index":2,"delta":{"content":"a"}}]}`, true, 1},
+	{"repeated finish", `{"choices":[{"finish_reason":"stop","finish_reason":null}]}`, false, 0},
+	{"missing fields", `{"ID":"x","choices":[]}`, false, 0},
+	{"error null", `{"error":null,"choices":[{"text":"a"}]}`, true, 1},
+	{"error", `{"error":{"message":"boom"}}`, false, 0},
+	{"object error", `{"object":"error","message":"boom"}`, false, 0},
+	{"usage number", `{"usage":5,"choices":[{"text":"a"}]}`, true, 1},
 	{"real chunk", `{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1795784086,"model":"synthetic-1","system_fingerprint":"synthetic","choices":[{"index":0,"delta":{"content":"pariatur "},"logprobs":null,"finish_reason":null}],"usage":null}`, true, 9},
 }
 
-// parseChunkOutput is what the relay asked of engine.ParseChunk before
-// chunkOutput: the definition chunkOutput must agree with.
-func parseChunkOutput(b []byte) (bool, int64) {
-	ch, err := engine.ParseChunk(b)
-	if err != nil || !ch.Content {
-		return false, 0
-	}
-	return true, ch.Chars
+// sameChunk reports how a and b differ in what a node or a gateway reads.
+func sameChunk(a, b Chunk) bool {
+	return reflect.DeepEqual(a.Usage, b.Usage) && (a.Err == nil) == (b.Err == nil) &&
+		(a.Err == nil || reflect.DeepEqual(a.Err, b.Err)) &&
+		a.Content == b.Content && a.Chars == b.Chars && reflect.DeepEqual(a.Choices, b.Choices) &&
+		a.missing == b.missing
 }
 
-func TestChunkOutput(t *testing.T) {
-	for _, tc := range chunkCases {
-		content, chars := chunkOutput([]byte(tc.in))
-		wc, wn := parseChunkOutput([]byte(tc.in))
-		if content != tc.content || chars != tc.chars || wc != tc.content || wn != tc.chars {
-			t.Errorf("%s: chunkOutput = %v, %d; ParseChunk = %v, %d; want %v, %d", tc.name, content, chars, wc, wn, tc.content, tc.chars)
+// exactMissing is what the Filler makes of a chunk's absent fields.
+func exactMissing(b []byte, c *Chunk) []byte {
+	f := Filler{ID: "i", Object: "o", Created: 1, Model: "m"}
+	return f.Fill(b, c)
+}
+
+func checkReadChunk(t *testing.T, in []byte) {
+	t.Helper()
+	got, gerr := ReadChunk(in)
+	want, werr := ParseChunk(in)
+	if (gerr == nil) != (werr == nil) || !sameChunk(got, want) {
+		t.Fatalf("ReadChunk(%q) = %+v, %v; ParseChunk = %+v, %v", in, got, gerr, want, werr)
+	}
+	if gerr == nil {
+		if g, w := exactMissing(in, &got), exactMissing(in, &want); string(g) != string(w) {
+			t.Fatalf("Fill(%q) after ReadChunk = %s; after ParseChunk = %s", in, g, w)
 		}
 	}
+	gc, gn := ChunkOutput(in)
+	wc, wn := false, int64(0)
+	if werr == nil && want.Content {
+		wc, wn = true, want.Chars
+	}
+	if gc != wc || gn != wn {
+		t.Fatalf("ChunkOutput(%q) = %v, %d; ParseChunk says %v, %d", in, gc, gn, wc, wn)
+	}
 }
 
-// FuzzChunkOutput checks the one-pass scanner answers as engine.ParseChunk
-// does (make fuzz runs it).
-func FuzzChunkOutput(f *testing.F) {
+func TestReadChunk(t *testing.T) {
+	for _, tc := range chunkCases {
+		checkReadChunk(t, []byte(tc.in))
+		content, chars := ChunkOutput([]byte(tc.in))
+		if content != tc.content || chars != tc.chars {
+			t.Errorf("%s: ChunkOutput = %v, %d; want %v, %d", tc.name, content, chars, tc.content, tc.chars)
+		}
+	}
+	// The common chunk is read in one pass, not by ParseChunk.
+	sc := chunkScanner{b: []byte(chunkCases[len(chunkCases)-1].in)}
+	if !sc.scan() {
+		t.Fatal("the common chunk went to ParseChunk")
+	}
+}
+
+// FuzzReadChunk checks the one-pass reading answers as ParseChunk does, on
+// every field a node or a gateway reads, and that the Filler completes
+// the chunk the same way after either (make fuzz runs it).
+func FuzzReadChunk(f *testing.F) {
 	for _, tc := range chunkCases {
 		f.Add([]byte(tc.in))
 	}
-	f.Fuzz(func(t *testing.T, chunk []byte) {
-		content, chars := chunkOutput(chunk)
-		wc, wn := parseChunkOutput(chunk)
-		if content != wc || chars != wn {
-			t.Fatalf("chunkOutput(%q) = %v, %d; engine.ParseChunk says %v, %d", chunk, content, chars, wc, wn)
-		}
-	})
+	f.Fuzz(func(t *testing.T, chunk []byte) { checkReadChunk(t, chunk) })
 }
 
-func BenchmarkChunkOutput(b *testing.B) {
+func BenchmarkReadChunk(b *testing.B) {
 	chunk := []byte(chunkCases[len(chunkCases)-1].in)
-	b.Run("scanner", func(b *testing.B) {
+	b.Run("ReadChunk", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			chunkOutput(chunk)
+			ReadChunk(chunk)
 		}
 	})
 	b.Run("ParseChunk", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			parseChunkOutput(chunk)
+			ParseChunk(chunk)
 		}
 	})
 }
