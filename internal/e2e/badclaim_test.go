@@ -80,22 +80,7 @@ func TestBadClaimSignatureIsNotPaid(t *testing.T) {
 	if err != nil || len(pending) != 0 {
 		t.Fatalf("gateway journal still holds %d receipts (err %v); settlement refused them for good", len(pending), err)
 	}
-	led, err := ledger.Open(filepath.Join(m.Dir, "settle", "ledger"), ledger.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer led.Close()
-	bal, err := led.Balances()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum int64
-	for _, b := range bal {
-		sum += b
-	}
-	if sum != 0 {
-		t.Fatalf("balances sum to %d, want 0: %v", sum, bal)
-	}
+	bal := ledgerSumsToZero(t, m)
 	if bal[m.DemoID] != before.BalanceUcr || before.BalanceUcr != economy.StartingCreditUcr {
 		t.Fatalf("consumer balance %d, want %d untouched: %v", bal[m.DemoID], before.BalanceUcr, bal)
 	}

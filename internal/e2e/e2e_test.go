@@ -236,22 +236,7 @@ func TestPaidCallsSettleEndToEnd(t *testing.T) {
 	if err := m.Stop(); err != nil {
 		t.Fatalf("mesh stopped with errors: %v", err)
 	}
-	led, err := ledger.Open(filepath.Join(m.Dir, "settle", "ledger"), ledger.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer led.Close()
-	bal, err := led.Balances()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum int64
-	for _, b := range bal {
-		sum += b
-	}
-	if sum != 0 {
-		t.Fatalf("balances sum to %d, want 0: %v", sum, bal)
-	}
+	bal := ledgerSumsToZero(t, m)
 	provider := bal[m.OperatorID] - economy.StartingCreditUcr
 	if provider != op.EarnedUcr {
 		t.Fatalf("operator balance grew by %d but earned says %d", provider, op.EarnedUcr)
@@ -469,4 +454,27 @@ func TestErrors(t *testing.T) {
 	if a := getAccount(t, m.GatewayURL, m.DemoKey); a.Calls != 0 || a.BalanceUcr != economy.StartingCreditUcr {
 		t.Fatalf("errors were billed: %+v", a)
 	}
+}
+
+// ledgerSumsToZero opens the mesh's ledger (the mesh stopped) and checks
+// that every balance sums to zero; it returns the balances.
+func ledgerSumsToZero(t *testing.T, m *launch.Mesh) map[string]int64 {
+	t.Helper()
+	led, err := ledger.Open(filepath.Join(m.Dir, "settle", "ledger"), ledger.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer led.Close()
+	bal, err := led.Balances()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum int64
+	for _, b := range bal {
+		sum += b
+	}
+	if sum != 0 {
+		t.Fatalf("balances sum to %d, want 0: %v", sum, bal)
+	}
+	return bal
 }
