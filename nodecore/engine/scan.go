@@ -453,7 +453,16 @@ func (s *chunkScanner) str() (key []byte, plain bool) {
 	start := s.i
 	plain = true
 	for s.i < len(s.b) {
-		c := s.b[s.i]
+		// Most of a string is printable ASCII: pass it in a tight loop.
+		b, i := s.b, s.i
+		for i < len(b) && b[i] >= 0x20 && b[i] < 0x80 && b[i] != '"' && b[i] != '\\' {
+			i++
+		}
+		s.i = i
+		if i >= len(b) {
+			break
+		}
+		c := b[i]
 		switch {
 		case c == '"':
 			key = s.b[start:s.i]

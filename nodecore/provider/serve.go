@@ -38,7 +38,8 @@ func (n *Node) serveInfer(parent context.Context) network.StreamHandler {
 				n.log.Error("panic serving an inference stream; the stream was reset", "panic", fmt.Sprint(v))
 			}
 		}()
-		c := &call{n: n, s: s, w: p2p.GetWriter(s)} // pooled: 32 KiB a call was most of the node's garbage
+		// pooled: 32 KiB a call was most of the node's garbage
+		c := &call{n: n, s: s, w: p2p.GetWriter(&deadlineWriter{s: s, timeout: n.cfg.WriteTimeout})}
 		defer p2p.PutWriter(c.w)
 		if err := c.serve(parent); err != nil {
 			n.log.Debug("infer stream ended with an error", "request", c.req.RequestID, "err", err)
@@ -170,11 +171,25 @@ func (c *call) headerFault(status int, nodeFault bool) error {
 	return c.write(p2p.FrameHeader, h)
 }
 
-// write sends one frame; a gateway that stops reading for WriteTimeout
-// (its client stalled) loses the stream rather than holding the slot.
+// write buffers one frame; the stream's writes happen when the buffer
+// fills or is flushed (see deadlineWriter).
 func (c *call) write(typ byte, payload []byte) error {
-	c.s.SetWriteDeadline(time.Now().Add(c.n.cfg.WriteTimeout))
 	return p2p.WriteFrame(c.w, typ, payload)
+}
+
+// deadlineWriter bounds each write to the stream: a gateway that stops
+// reading for WriteTimeout (its client stalled) loses the stream rather than
+// holding the slot. The deadline is set once per write to the stream (a
+// flush, or a full buffer), not once per frame buffered: a burst of chunks
+// costs one deadline, and a frame that only lands in the buffer none.
+type deadlineWriter struct {
+	s       network.Stream
+	timeout time.Duration
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	d.s.SetWriteDeadline(time.Now().Add(d.timeout))
+	return d.s.Write(p)
 }
 
 // claimFor is what the node claims for an answer: the engine's usage, or
