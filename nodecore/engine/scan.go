@@ -272,20 +272,7 @@ func (s *chunkScanner) object(place chunkPlace) {
 		if name != "" {
 			s.field(place, name, raw)
 		}
-		s.ws()
-		if s.i >= len(s.b) {
-			s.bad = true
-			return
-		}
-		switch s.b[s.i] {
-		case ',':
-			s.i++
-		case '}':
-			s.i++
-			s.depth--
-			return
-		default:
-			s.bad = true
+		if s.sep('}') {
 			return
 		}
 	}
@@ -313,23 +300,30 @@ func (s *chunkScanner) array(place chunkPlace) {
 		if s.failed() {
 			return
 		}
-		s.ws()
-		if s.i >= len(s.b) {
-			s.bad = true
-			return
-		}
-		switch s.b[s.i] {
-		case ',':
-			s.i++
-		case ']':
-			s.i++
-			s.depth--
-			return
-		default:
-			s.bad = true
+		if s.sep(']') {
 			return
 		}
 	}
+}
+
+// sep reads what follows a member or an element: ',' (more follow) or
+// closer (the container ends, one level up). It reports whether the
+// container ended; anything else marks the chunk bad and ends it too.
+func (s *chunkScanner) sep(closer byte) (end bool) {
+	s.ws()
+	if s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ',':
+			s.i++
+			return false
+		case closer:
+			s.i++
+			s.depth--
+			return true
+		}
+	}
+	s.bad = true
+	return true
 }
 
 // fieldPlace says where a key of an object at place leads, which bit marks
