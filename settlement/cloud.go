@@ -116,12 +116,12 @@ func newCloudNodes(s *Settlement, cfg CloudConfig) (*cloudNodes, error) {
 	return c, nil
 }
 
-// upstream is the engine adapter of a hosted node: its token, and a client
-// that scrubs the token from the provider's error answers and dials through
-// the shared transport, which refuses addresses the policy does not allow.
+// upstream is the engine adapter of a hosted node: its token (which the
+// node redacts from every error text it relays or logs), and a client that
+// dials through the shared transport, which refuses addresses the policy
+// does not allow.
 func (c *cloudNodes) upstream(baseURL, token string) *engine.Upstream {
-	return &engine.Upstream{BaseURL: baseURL, Token: token,
-		Client: &http.Client{Transport: scrubTransport{base: c.tr, secret: token}}}
+	return &engine.Upstream{BaseURL: baseURL, Token: token, Client: &http.Client{Transport: c.tr}}
 }
 
 // run starts every hosted node and stops them all when ctx ends.

@@ -1,26 +1,20 @@
 package settlement
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
-	"strconv"
 	"strings"
+
+	"github.com/tokenrouter/tokenrouter/nodecore/engine"
 )
 
-// redacted replaces a secret wherever it would show.
-const redacted = "[redacted]"
+// redacted is what a secret becomes wherever it would show.
+const redacted = engine.Redacted
 
-// redact returns s with every occurrence of secret replaced.
-func redact(s, secret string) string {
-	if secret == "" || !strings.Contains(s, secret) {
-		return s
-	}
-	return strings.ReplaceAll(s, secret, redacted)
-}
+// redact returns s with secret redacted, as a node redacts its engine's
+// token (engine.RedactSecret).
+func redact(s, secret string) string { return engine.RedactSecret(s, secret) }
 
 // redactHandler is a slog.Handler that removes a secret from the message
 // and every attribute before passing a record on: a hosted node's logs go
@@ -76,34 +70,4 @@ func (h redactHandler) attr(a slog.Attr) slog.Attr {
 		}
 	}
 	return slog.Attr{Key: a.Key, Value: v}
-}
-
-// maxScrubbedBody bounds the error body an upstream may send through a
-// scrubTransport; error bodies are short, anything beyond is cut.
-const maxScrubbedBody = 64 << 10
-
-// scrubTransport removes the API token from every error answer (non-2xx) of
-// an upstream before the node reads it: the node relays engines' error
-// messages to gateways and logs them, and some providers quote the key they
-// were given. Successful answers (generated text) pass through untouched.
-type scrubTransport struct {
-	base   http.RoundTripper
-	secret string
-}
-
-func (t scrubTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := t.base.RoundTrip(req)
-	if err != nil || resp.StatusCode/100 == 2 {
-		return resp, err
-	}
-	body, rerr := io.ReadAll(io.LimitReader(resp.Body, maxScrubbedBody))
-	resp.Body.Close()
-	if rerr != nil {
-		body = nil
-	}
-	body = []byte(redact(string(body), t.secret))
-	resp.Body = io.NopCloser(bytes.NewReader(body))
-	resp.ContentLength = int64(len(body))
-	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
-	return resp, nil
 }

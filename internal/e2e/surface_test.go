@@ -64,7 +64,7 @@ func validating(t *testing.T) option.Middleware {
 				if !ok || data == "[DONE]" {
 					continue
 				}
-				if gjsonHas(data, "error") {
+				if hasKey(data, "error") {
 					continue // the one error event (finish_reason "error", as OpenRouter sends) is checked by the tests that cause it
 				}
 				if path == "/completions" {
@@ -118,8 +118,8 @@ func streamedCompletion(data string) string {
 	return string(b)
 }
 
-// gjsonHas reports whether a JSON object has a non-null top-level key.
-func gjsonHas(doc, key string) bool {
+// hasKey reports whether a JSON object has a non-null top-level key.
+func hasKey(doc, key string) bool {
 	var obj map[string]json.RawMessage
 	return json.Unmarshal([]byte(doc), &obj) == nil && len(obj[key]) > 0 && string(obj[key]) != "null"
 }
@@ -538,7 +538,7 @@ func TestMidStreamFailureEndsWithErrorEvent(t *testing.T) {
 	}
 	var errorEvents, content int
 	for _, ev := range events {
-		if gjsonHas(ev, "error") {
+		if hasKey(ev, "error") {
 			errorEvents++
 			if !strings.Contains(ev, `"finish_reason":"error"`) {
 				t.Fatalf("error event without finish_reason error: %s", ev)

@@ -553,24 +553,18 @@ func TestSSEReaderErrorEvents(t *testing.T) {
 // BenchmarkStreamNext measures the adapter's cost per conforming chunk:
 // one decode, no copy, no re-encode.
 func BenchmarkStreamNext(b *testing.B) {
-	chunk := `data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"llama3.2:latest","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"role":"assistant","content":" word"},"finish_reason":null}]}` + "\n\n"
-	body := strings.Repeat(chunk, 1000)
-	b.SetBytes(int64(len(body)))
-	b.ReportAllocs()
-	for b.Loop() {
-		s := NewStream(strings.NewReader(body), FillerFor("/chat/completions", true, "r", "m", 1))
-		for {
-			if _, _, err := s.Next(); err != nil {
-				break
-			}
-		}
-	}
+	benchStream(b, `data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"llama3.2:latest","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"role":"assistant","content":" word"},"finish_reason":null}]}`+"\n\n")
 }
 
 // BenchmarkStreamNextFill is the same for chunks missing id and created.
 func BenchmarkStreamNextFill(b *testing.B) {
-	chunk := `data: {"object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":" word"},"finish_reason":null}]}` + "\n\n"
+	benchStream(b, `data: {"object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":" word"},"finish_reason":null}]}`+"\n\n")
+}
+
+// benchStream reads a stream of 1,000 copies of chunk through Stream.
+func benchStream(b *testing.B, chunk string) {
 	body := strings.Repeat(chunk, 1000)
+	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
 		s := NewStream(strings.NewReader(body), FillerFor("/chat/completions", true, "r", "m", 1))

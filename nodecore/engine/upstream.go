@@ -201,20 +201,28 @@ func WithUsage(body []byte) ([]byte, error) {
 // Redacted is what a token becomes in any text the node logs or relays.
 const Redacted = "[redacted]"
 
-// Redact returns s with the upstream's token replaced by [Redacted]. Some
-// providers quote the key they were given in their error messages; a node
-// relays those messages to gateways and logs them, so every error text
-// from the engine passes through here first.
-//
-// Error texts are cut to a length before they get here, so a text that
-// ends in the token's first characters (4 or more) has them redacted too.
+// Redact returns s with the upstream's token replaced by [Redacted] (see
+// [RedactSecret]). Some providers quote the key they were given in their
+// error messages; a node relays those messages to gateways and logs them,
+// so every error text from the engine passes through here first.
 func (u *Upstream) Redact(s string) string {
-	if u == nil || u.Token == "" {
+	if u == nil {
 		return s
 	}
-	s = strings.ReplaceAll(s, u.Token, Redacted)
-	for k := len(u.Token) - 1; k >= 4; k-- {
-		if strings.HasSuffix(s, u.Token[:k]) {
+	return RedactSecret(s, u.Token)
+}
+
+// RedactSecret returns s with every occurrence of secret replaced by
+// [Redacted]. Error texts are cut to a length before they get here, so a
+// text that ends in the secret's first characters (4 or more) has them
+// redacted too.
+func RedactSecret(s, secret string) string {
+	if secret == "" {
+		return s
+	}
+	s = strings.ReplaceAll(s, secret, Redacted)
+	for k := len(secret) - 1; k >= 4; k-- {
+		if strings.HasSuffix(s, secret[:k]) {
 			return s[:len(s)-k] + Redacted
 		}
 	}
