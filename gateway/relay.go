@@ -19,7 +19,7 @@ import (
 // stopGrace is how long a node gets to send its claim after the client left.
 const stopGrace = 5 * time.Second
 
-// readTrailer reads the node's signed claim for this call and checks that
+// readTrailer reads the node's claim for this call and checks that
 // it is for this call.
 func (rl *relay) readTrailer(payload []byte) (*p2p.Trailer, error) {
 	var t p2p.Trailer
@@ -34,16 +34,16 @@ func (rl *relay) readTrailer(payload []byte) (*p2p.Trailer, error) {
 	if cl.PromptTokens < 0 || cl.CompletionTokens < 0 {
 		return nil, errors.New("the node's claim has negative tokens")
 	}
-	// The node's signature (t.Sig) is not checked here, on every call: it
-	// was 17% of the gateway's CPU. The trailer arrives on a libp2p stream
-	// whose secure channel is authenticated to the node's peer id (rl.node,
-	// the peer this gateway dialled, and cl.Node must be that id), so it
-	// cannot be forged or altered in transit. The signature exists for
-	// settlement, which checks it (or the node's claim-batch signature)
-	// before it pays anything: a receipt whose node signature is bad is
-	// refused there for good, the gateway moves it out of its pending
-	// journal, and the node that sent it loses only its own pay
-	// (TestBadClaimSignatureIsNotPaid in internal/e2e).
+	// The node's MAC (t.MAC) is for the settlement peer: the gateway cannot
+	// check it (it does not know the key) and needs not. The trailer arrives
+	// on a libp2p stream whose secure channel is authenticated to the node's
+	// peer id (rl.node, the peer this gateway dialled, and cl.Node must be
+	// that id), so it cannot be forged or altered in transit. Settlement
+	// checks the MAC (or the node's claim-batch signature) before it pays
+	// anything: a receipt whose node MAC is bad is refused there for good,
+	// the gateway moves it out of its pending journal, and the node that
+	// sent it loses only its own pay (TestBadClaimSignatureIsNotPaid in
+	// internal/e2e).
 	return &t, nil
 }
 
@@ -105,10 +105,18 @@ func (rl *relay) whole() (int, *attemptError) {
 	if t.Claim.Incomplete {
 		return 0, &attemptError{status: 200, err: errors.New("the node's engine broke off its answer")}
 	}
+	// One pass over the answer checks it is JSON and counts its output;
+	// withCost then rewrites only its usage.
+	answer, err := engine.ReadChunk(data)
+	if err != nil {
+		return 0, &attemptError{status: 200, err: fmt.Errorf("engine answer is not a JSON object: %w", err)}
+	}
 	rl.s.Close()
 	c := rl.c
 	var shown delivery
-	shown.add(data)
+	if answer.Content {
+		shown = delivery{chunks: 1, chars: answer.Chars}
+	}
 	prompt, completion := rl.billed(t.Claim, t.Claim.CompletionTokens, shown)
 	price := c.g.price(c.meta.Model)
 	cost := economy.Cost(price, prompt, completion)
@@ -380,8 +388,54 @@ func usageChunk(c *forwardCall, engineUsage json.RawMessage, prompt, completion,
 }
 
 // withCost returns body (a JSON object) with usage set to the billed
-// numbers plus cost_ucr and cost (credits), keeping every other field.
+// numbers plus cost_ucr and cost (credits), keeping every other field. Only
+// usage (and choices, when they lack fields OpenAI always sends) are
+// decoded and rewritten; the rest is copied as it is. A body whose fields
+// cannot be told apart without a decoder (a key given twice or written
+// with escapes) is decoded and encoded whole.
 func withCost(body []byte, prompt, completion, cost int64, estimated bool) ([]byte, error) {
+	spans, ok := engine.FieldSpans(body, "usage", "choices")
+	if !ok {
+		return withCostDecoded(body, prompt, completion, cost, estimated)
+	}
+	var usage json.RawMessage
+	if sp := spans[0]; sp[0] >= 0 {
+		usage = body[sp[0]:sp[1]]
+	}
+	newUsage, err := billedUsage(usage, prompt, completion, cost, estimated)
+	if err != nil {
+		return nil, err
+	}
+	var newChoices json.RawMessage
+	if sp := spans[1]; sp[0] >= 0 && needsFill(body[sp[0]:sp[1]]) {
+		newChoices, _ = fillChoices(body[sp[0]:sp[1]]) // nil: left as sent
+	}
+	// Replace from the end, so earlier spans stay where they are.
+	type edit struct {
+		span [2]int
+		with []byte
+	}
+	edits := []edit{{spans[0], newUsage}}
+	if newChoices != nil {
+		edits = append(edits, edit{spans[1], newChoices})
+		if spans[1][0] > spans[0][0] {
+			edits[0], edits[1] = edits[1], edits[0]
+		}
+	}
+	out := body
+	for _, e := range edits {
+		if e.span[0] < 0 { // no usage at all: added as the first field
+			out = engine.InsertField(out, "usage", e.with)
+			continue
+		}
+		out = append(append(append(make([]byte, 0, len(out)-(e.span[1]-e.span[0])+len(e.with)),
+			out[:e.span[0]]...), e.with...), out[e.span[1]:]...)
+	}
+	return out, nil
+}
+
+// withCostDecoded is withCost by decoding and encoding the whole answer.
+func withCostDecoded(body []byte, prompt, completion, cost int64, estimated bool) ([]byte, error) {
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(body, &obj); err != nil {
 		return nil, err
@@ -389,8 +443,24 @@ func withCost(body []byte, prompt, completion, cost int64, estimated bool) ([]by
 	if obj == nil {
 		return nil, errors.New("the answer is null, not an object")
 	}
+	usage, err := billedUsage(obj["usage"], prompt, completion, cost, estimated)
+	if err != nil {
+		return nil, err
+	}
+	obj["usage"] = usage
+	if ch := obj["choices"]; needsFill(ch) {
+		if filled, err := fillChoices(ch); err == nil {
+			obj["choices"] = filled
+		}
+	}
+	return json.Marshal(obj)
+}
+
+// billedUsage is the engine's usage object (raw; absent or null for none)
+// with the billed numbers, cost_ucr and cost.
+func billedUsage(raw json.RawMessage, prompt, completion, cost int64, estimated bool) (json.RawMessage, error) {
 	usage := map[string]json.RawMessage{}
-	if raw, ok := obj["usage"]; ok && !bytes.Equal(raw, []byte("null")) && len(raw) > 0 {
+	if len(raw) > 0 && !bytes.Equal(raw, []byte("null")) {
 		if err := json.Unmarshal(raw, &usage); err != nil {
 			return nil, err
 		}
@@ -409,14 +479,13 @@ func withCost(body []byte, prompt, completion, cost int64, estimated bool) ([]by
 	if estimated {
 		set("estimated", true)
 	}
-	obj["usage"], _ = json.Marshal(usage)
-	if ch := obj["choices"]; len(ch) > 2 && (!bytes.Contains(ch, []byte(`"logprobs"`)) ||
-		bytes.Contains(ch, []byte(`"message"`)) && !bytes.Contains(ch, []byte(`"refusal"`))) {
-		if filled, err := fillChoices(ch); err == nil {
-			obj["choices"] = filled
-		}
-	}
-	return json.Marshal(obj)
+	return json.Marshal(usage)
+}
+
+// needsFill reports whether choices may lack a field fillChoices adds.
+func needsFill(ch json.RawMessage) bool {
+	return len(ch) > 2 && (!bytes.Contains(ch, []byte(`"logprobs"`)) ||
+		bytes.Contains(ch, []byte(`"message"`)) && !bytes.Contains(ch, []byte(`"refusal"`)))
 }
 
 // fillChoices adds the fields OpenAI's answers always carry and many
@@ -449,7 +518,10 @@ func fillChoices(raw json.RawMessage) (json.RawMessage, error) {
 	return json.Marshal(choices)
 }
 
-// bill signs a receipt for what the consumer is charged and queues it.
+// bill journals a receipt for what the consumer is charged and queues it
+// for settlement. The receipt has no signature of its own: it reaches
+// settlement in a ReceiptBatch, under the batch's one gateway signature (an
+// Ed25519 signature a call was 14% of the gateway's CPU).
 func (c *forwardCall) bill(rl *relay, t *p2p.Trailer, prompt, completion int64, price economy.Price, cost int64) {
 	g := c.g
 	r := &p2p.Receipt{
@@ -457,11 +529,7 @@ func (c *forwardCall) bill(rl *relay, t *p2p.Trailer, prompt, completion int64, 
 		Node: rl.nodeID, Gateway: g.cfg.Host.IDString(),
 		PromptTokens: prompt, CompletionTokens: completion,
 		Price: price, CostUcr: cost, TimeMs: time.Now().UnixMilli(),
-		Claim: t.Claim, NodeSig: t.Sig, Grant: c.grant, Hold: c.hold,
-	}
-	if err := r.Sign(g.cfg.Host.Key); err != nil {
-		g.log.Error("cannot sign a receipt", "request", c.id, "err", err)
-		return
+		Claim: t.Claim, NodeMAC: t.MAC, Grant: c.grant, Hold: c.hold,
 	}
 	c.spent = cost
 	g.auth.charged(c.key, cost)

@@ -2,20 +2,28 @@ package gateway
 
 import (
 	"encoding/json"
+	"reflect"
 	"testing"
+
+	"github.com/tokenrouter/tokenrouter/nodecore/engine"
 )
 
 // FuzzRelayRewrites feeds arbitrary chunks and bodies to what the gateway
 // rewrites on the way to the client: splitUsage (a streamed chunk carrying
 // usage, maybe with the last words) and withCost (the billed usage put into
-// an answer). Nothing panics; what they return is a JSON object whose usage
-// says exactly what was billed, and a chunk's words are never lost.
+// an answer, given only answers engine.ReadChunk accepts, as whole() does).
+// Nothing panics; what they return is a JSON object whose usage says
+// exactly what was billed, and a chunk's words are never lost. withCost's
+// splicing says what decoding and encoding the whole answer says.
 func FuzzRelayRewrites(f *testing.F) {
 	for _, s := range []string{
 		`{"choices":[{"index":0,"delta":{"content":"end"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7},"timings":{}}`,
 		`{"choices":[],"usage":{"prompt_tokens":1}}`,
 		`{"choices":[{"index":0,"message":{"role":"assistant","content":"x"}}],"usage":null}`,
 		`{"usage":[]}`, `[]`, `{"choices":"x"}`, `null`, `{"choices":[null]}`, `{"choices":[{"message":null}]}`,
+		`{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"a"},"finish_reason":"stop"}]}`,
+		`{"usage":{"prompt_tokens":2},"choices":[{"text":"a"}],"usage":null}`, `{"us\u0061ge":{"prompt_tokens":2}}`,
+		`{ "choices" : [ {"message":{"content":"a","refusal":null},"logprobs":null} ] , "usage" : { "completion_tokens" : 4 } }`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -30,9 +38,20 @@ func FuzzRelayRewrites(f *testing.F) {
 			}
 			_ = usage
 		}
+		if _, err := engine.ReadChunk(b); err != nil {
+			return
+		}
 		out, err := withCost(b, 3, 5, 42, true)
+		slow, slowErr := withCostDecoded(b, 3, 5, 42, true)
+		if (err == nil) != (slowErr == nil) {
+			t.Fatalf("withCost(%s): spliced err %v, decoded err %v", b, err, slowErr)
+		}
 		if err != nil {
 			return
+		}
+		var a, d any
+		if json.Unmarshal(out, &a) != nil || json.Unmarshal(slow, &d) != nil || !reflect.DeepEqual(a, d) {
+			t.Fatalf("withCost(%s): spliced %s, decoded %s", b, out, slow)
 		}
 		var got struct {
 			Usage struct {

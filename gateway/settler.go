@@ -183,7 +183,7 @@ func (s *settler) deliver(ctx context.Context, batch []*p2p.Receipt) []*p2p.Rece
 // sign puts receipts under batch signatures: each serving node signs its
 // claims in one ClaimBatch, and the gateway signs the whole. A node that
 // cannot be reached (or has forgotten the claims) leaves its receipts on
-// their own node signatures, which settlement then checks one by one.
+// the MACs of their claims, which settlement then checks one by one.
 func (s *settler) sign(ctx context.Context, batch []*p2p.Receipt) (*p2p.ReceiptBatch, error) {
 	rb := &p2p.ReceiptBatch{Gateway: s.h.IDString(), Receipts: batch, Refs: make([]int, len(batch))}
 	byNode := map[string][]int{}

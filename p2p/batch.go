@@ -19,8 +19,9 @@ import (
 // core. Instead a node signs many of its claims at once (ClaimBatch, asked
 // for by the gateway) and a gateway signs a whole batch of receipts
 // (ReceiptBatch): settlement verifies one signature per batch and a hash
-// per receipt. The per-receipt signatures remain the fallback when a node
-// cannot be reached to sign a batch.
+// per receipt. A node that cannot be reached to sign a batch is covered by
+// the MAC of each of its claims (ClaimAuth); a gateway sends receipts only
+// in batches, so its receipts carry no signature of their own.
 
 // ProtoClaims is how a gateway asks a node to sign a batch of its claims.
 const ProtoClaims = "/tokenrouter/claims/1"
@@ -85,7 +86,7 @@ func (b *ClaimBatch) Set() map[[32]byte]struct{} {
 
 // ReceiptBatch is what a gateway sends settlement: receipts, the claim
 // batches their nodes signed, which batch covers which receipt (Refs[i],
-// -1 for none: then the receipt's own NodeSig counts), and one gateway
+// -1 for none: then the receipt's NodeMAC counts), and one gateway
 // signature over all of it.
 type ReceiptBatch struct {
 	Gateway  string        `json:"gateway"`

@@ -17,7 +17,7 @@ package p2p
 //	             varint(Price.InputPer1M) varint(Price.OutputPer1M)
 //	             varint(CostUcr) varint(TimeMs)
 //	             claim
-//	             bytes(NodeSig)
+//	             bytes(NodeMAC)
 //	             grant
 //	             str(Hold)
 //	             bytes(GatewaySig)
@@ -75,7 +75,7 @@ const receiptBatchVersion = 1
 // Smallest encodings, to bound counts by the input before allocating.
 const (
 	minClaimSize      = 4 + 2 + 2                // 4 empty strings, 2 one-byte varints, 2 bools
-	minReceiptSize    = 5 + 6 + minClaimSize + 4 // + NodeSig, grant presence, Hold, GatewaySig
+	minReceiptSize    = 5 + 6 + minClaimSize + 4 // + NodeMAC, grant presence, Hold, GatewaySig
 	minClaimBatchSize = 4                        // 2 empty strings, 2 empty byte slices
 	minRefSize        = 1
 )
@@ -95,7 +95,7 @@ func (b *ReceiptBatch) sizeHint() int {
 		}
 		n += 15*10 + 4 + len(r.RequestID) + len(r.Model) + len(r.Consumer) + len(r.Node) + len(r.Gateway) +
 			len(r.Claim.RequestID) + len(r.Claim.Model) + len(r.Claim.Node) + len(r.Claim.Gateway) +
-			len(r.NodeSig) + len(r.Hold) + len(r.GatewaySig)
+			len(r.NodeMAC) + len(r.Hold) + len(r.GatewaySig)
 		if g := r.Grant; g != nil {
 			n += 4*10 + len(g.Account) + len(g.Gateway) + len(g.Sig)
 		}
@@ -140,7 +140,7 @@ func (b *ReceiptBatch) AppendBinary(dst []byte) ([]byte, error) {
 
 func (r *Receipt) appendBinary(b []byte) []byte {
 	b = r.appendCore(b) // the receipt's fields and claim, as in its signing bytes
-	b = appendBytes(b, r.NodeSig)
+	b = appendBytes(b, r.NodeMAC)
 	if g := r.Grant; g != nil {
 		b = append(b, 1)
 		b = appendStr(b, g.Account)
@@ -341,7 +341,7 @@ func (d *decoder) receipt(r *Receipt, grants *[]Grant, left int) {
 	c.CompletionTokens = d.varint()
 	c.Estimated = d.bool()
 	c.Incomplete = d.bool()
-	r.NodeSig = d.bytes()
+	r.NodeMAC = d.bytes()
 	if d.bool() {
 		if *grants == nil {
 			// At most one grant per receipt left; bounded by the input

@@ -81,7 +81,7 @@ func codecRandBatch(r *rand.Rand) *ReceiptBatch {
 				PromptTokens: codecRandInt(r), CompletionTokens: codecRandInt(r),
 				Price:   economy.Price{InputPer1M: codecRandInt(r), OutputPer1M: codecRandInt(r)},
 				CostUcr: codecRandInt(r), TimeMs: codecRandInt(r),
-				Claim: codecRandClaim(r), NodeSig: codecRandBytes(r),
+				Claim: codecRandClaim(r), NodeMAC: codecRandBytes(r),
 				Hold: codecRandString(r), GatewaySig: codecRandBytes(r),
 			}
 			if r.IntN(3) > 0 {
@@ -124,7 +124,7 @@ func codecNormalize(b *ReceiptBatch) {
 		b.Receipts = nil
 	}
 	for _, r := range b.Receipts {
-		nb(&r.NodeSig)
+		nb(&r.NodeMAC)
 		nb(&r.GatewaySig)
 		if r.Grant != nil {
 			nb(&r.Grant.Sig)
@@ -178,7 +178,7 @@ func TestReceiptBatchBinaryOwnsMemory(t *testing.T) {
 	in := &ReceiptBatch{
 		Gateway: "gw",
 		Receipts: []*Receipt{{
-			RequestID: "req", NodeSig: []byte{1, 2, 3}, Hold: "hold", GatewaySig: []byte{4, 5, 6},
+			RequestID: "req", NodeMAC: []byte{1, 2, 3}, Hold: "hold", GatewaySig: []byte{4, 5, 6},
 			Grant: &Grant{Account: "acct", Sig: []byte{7, 8}},
 		}},
 		Refs: []int{-1},
@@ -196,7 +196,7 @@ func TestReceiptBatchBinaryOwnsMemory(t *testing.T) {
 		enc[i] = 0xff
 	}
 	rc := out.Receipts[0]
-	_ = append(rc.NodeSig, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee)
+	_ = append(rc.NodeMAC, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee)
 	_ = append(rc.Grant.Sig, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee)
 	if !reflect.DeepEqual(in, &out) {
 		t.Fatalf("decoded batch changed:\n in: %+v\nout: %+v", in, &out)
@@ -223,7 +223,7 @@ func TestReceiptBatchBinaryNilElements(t *testing.T) {
 
 type codecSignedFixture struct {
 	batch      *ReceiptBatch
-	settlement crypto.PubKey
+	settlement crypto.PrivKey
 }
 
 func newCodecSignedBatch(t testing.TB, seed uint64) codecSignedFixture {
@@ -241,7 +241,11 @@ func newCodecSignedBatch(t testing.TB, seed uint64) codecSignedFixture {
 		return k, id.String()
 	}
 	gwKey, gw := key()
-	setKey, _ := key()
+	setKey, setIDText := key()
+	setID, err := peer.Decode(setIDText)
+	if err != nil {
+		t.Fatal(err)
+	}
 	type node struct {
 		key    crypto.PrivKey
 		id     string
@@ -260,16 +264,13 @@ func newCodecSignedBatch(t testing.TB, seed uint64) codecSignedFixture {
 			RequestID: fmt.Sprintf("req_%026d", i), Model: "llama-3.1-8b-instruct", Node: n.id, Gateway: gw,
 			PromptTokens: int64(100 + i), CompletionTokens: int64(300 + 40*i), Estimated: i%5 == 0, Incomplete: i%7 == 0,
 		}
-		sig, err := SignClaim(n.key, c)
-		if err != nil {
-			t.Fatal(err)
-		}
+		sig := claimMAC(t, n.key, setID, c)
 		price := economy.Price{InputPer1M: 150_000, OutputPer1M: 600_000}
 		r := &Receipt{
 			RequestID: c.RequestID, Model: c.Model, Consumer: fmt.Sprintf("acct_%d", i%4), Node: n.id, Gateway: gw,
 			PromptTokens: c.PromptTokens, CompletionTokens: c.CompletionTokens - int64(i%3),
 			Price: price, CostUcr: economy.Cost(price, c.PromptTokens, c.CompletionTokens-int64(i%3)),
-			TimeMs: 1_760_000_000_000 + int64(i), Claim: c, NodeSig: sig,
+			TimeMs: 1_760_000_000_000 + int64(i), Claim: c, NodeMAC: sig,
 		}
 		if i%4 != 3 {
 			r.Grant = &Grant{Account: r.Consumer, Gateway: gw, ExpiresMs: 1_760_000_600_000}
@@ -285,7 +286,7 @@ func newCodecSignedBatch(t testing.TB, seed uint64) codecSignedFixture {
 		owner = append(owner, i%len(nodes))
 		b.Receipts = append(b.Receipts, r)
 	}
-	// Nodes 0 and 1 signed claim batches; node 2's receipts rely on NodeSig.
+	// Nodes 0 and 1 signed claim batches; node 2's receipts rely on NodeMAC.
 	for _, n := range nodes[:2] {
 		cb, err := SignClaimBatch(n.key, n.id, gw, n.hashes)
 		if err != nil {
@@ -303,12 +304,16 @@ func newCodecSignedBatch(t testing.TB, seed uint64) codecSignedFixture {
 	if err := b.Sign(gwKey); err != nil {
 		t.Fatal(err)
 	}
-	return codecSignedFixture{batch: b, settlement: setKey.GetPublic()}
+	return codecSignedFixture{batch: b, settlement: setKey}
 }
 
 // codecVerifyAll runs every check settlement could make on a batch.
-func codecVerifyAll(b *ReceiptBatch, settlement crypto.PubKey) error {
+func codecVerifyAll(b *ReceiptBatch, settlement crypto.PrivKey) error {
 	if err := b.VerifyGateway(); err != nil {
+		return err
+	}
+	v, err := NewClaimVerifier(settlement)
+	if err != nil {
 		return err
 	}
 	sets := make([]map[[32]byte]struct{}, len(b.Claims))
@@ -325,7 +330,7 @@ func codecVerifyAll(b *ReceiptBatch, settlement crypto.PubKey) error {
 		if r.Gateway != b.Gateway {
 			return errors.New("receipt of another gateway")
 		}
-		if err := r.Verify(); err != nil {
+		if err := r.Verify(v); err != nil {
 			return err
 		}
 		if ref := b.Refs[i]; ref >= 0 {
@@ -334,7 +339,7 @@ func codecVerifyAll(b *ReceiptBatch, settlement crypto.PubKey) error {
 			}
 		}
 		if r.Grant != nil {
-			if err := r.Grant.Verify(settlement); err != nil {
+			if err := r.Grant.Verify(settlement.GetPublic()); err != nil {
 				return err
 			}
 		}
@@ -570,7 +575,7 @@ func newCodecBenchBatch(b *testing.B) *ReceiptBatch {
 			RequestID: c.RequestID, Model: c.Model, Consumer: acct, Node: c.Node, Gateway: gw,
 			PromptTokens: c.PromptTokens, CompletionTokens: c.CompletionTokens,
 			Price: price, CostUcr: economy.Cost(price, c.PromptTokens, c.CompletionTokens),
-			TimeMs: 1_760_000_000_000 + rnd.Int64N(3_600_000), Claim: c, NodeSig: sig(64),
+			TimeMs: 1_760_000_000_000 + rnd.Int64N(3_600_000), Claim: c, NodeMAC: sig(64),
 			Grant: &Grant{Account: acct, Gateway: gw, ExpiresMs: 1_760_003_600_000, Sig: sig(64)},
 			Hold:  ulid("hold_"), GatewaySig: sig(64),
 		})

@@ -510,7 +510,21 @@ func TestAnnouncementValidatorTable(t *testing.T) {
 
 // Receipts.
 
-func signedReceipt(t *testing.T, nodeKey, gwKey crypto.PrivKey) *Receipt {
+// claimMAC is the MAC nodeKey's node gives claim c for platform.
+func claimMAC(t testing.TB, nodeKey crypto.PrivKey, platform peer.ID, c NodeClaim) []byte {
+	t.Helper()
+	node, err := peer.IDFromPrivateKey(nodeKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := NewClaimAuth(nodeKey, platform, node, platform)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a.MAC(c)
+}
+
+func signedReceipt(t *testing.T, nodeKey, gwKey crypto.PrivKey, platform peer.ID) *Receipt {
 	t.Helper()
 	nodeID, _ := peer.IDFromPrivateKey(nodeKey)
 	gwID, _ := peer.IDFromPrivateKey(gwKey)
@@ -518,15 +532,12 @@ func signedReceipt(t *testing.T, nodeKey, gwKey crypto.PrivKey) *Receipt {
 		RequestID: "req-1", Model: "llama", Node: nodeID.String(), Gateway: gwID.String(),
 		PromptTokens: 100, CompletionTokens: 50,
 	}
-	sig, err := SignClaim(nodeKey, claim)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sig := claimMAC(t, nodeKey, platform, claim)
 	price := economy.DefaultPriceTable().For("llama")
 	r := &Receipt{
 		RequestID: "req-1", Model: "llama", Consumer: "acct_1", Node: claim.Node, Gateway: claim.Gateway,
 		PromptTokens: 100, CompletionTokens: 40, Price: price, CostUcr: economy.Cost(price, 100, 40),
-		TimeMs: time.Now().UnixMilli(), Claim: claim, NodeSig: sig,
+		TimeMs: time.Now().UnixMilli(), Claim: claim, NodeMAC: sig,
 	}
 	if err := r.Sign(gwKey); err != nil {
 		t.Fatal(err)
@@ -538,17 +549,18 @@ func TestReceiptVerify(t *testing.T) {
 	nodeKey, _ := testkit.RandomPeer(t)
 	gwKey, _ := testkit.RandomPeer(t)
 	otherKey, otherID := testkit.RandomPeer(t)
+	platKey, plat := testkit.RandomPeer(t)
+	v, err := NewClaimVerifier(platKey)
+	if err != nil {
+		t.Fatal(err)
+	}
 
-	if err := signedReceipt(t, nodeKey, gwKey).Verify(); err != nil {
+	if err := signedReceipt(t, nodeKey, gwKey, plat).Verify(v); err != nil {
 		t.Fatalf("a correct receipt does not verify: %v", err)
 	}
 
 	resignClaim := func(r *Receipt, key crypto.PrivKey) {
-		sig, err := SignClaim(key, r.Claim)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.NodeSig = sig
+		r.NodeMAC = claimMAC(t, key, plat, r.Claim)
 	}
 	for _, tc := range []struct {
 		name   string
@@ -573,8 +585,20 @@ func TestReceiptVerify(t *testing.T) {
 			resignClaim(r, otherKey)
 			r.Sign(gwKey)
 		}, ErrBadReceipt},
-		{"node sig by another key", func(r *Receipt) {
+		{"node MAC by another key", func(r *Receipt) {
 			resignClaim(r, otherKey)
+			r.Sign(gwKey)
+		}, ErrBadSignature},
+		{"node MAC for another platform", func(r *Receipt) {
+			r.NodeMAC = claimMAC(t, nodeKey, otherID, r.Claim)
+			r.Sign(gwKey)
+		}, ErrBadSignature},
+		{"claim changed after its MAC", func(r *Receipt) {
+			r.Claim.PromptTokens++
+			r.Sign(gwKey)
+		}, ErrBadSignature},
+		{"missing node MAC", func(r *Receipt) {
+			r.NodeMAC = nil
 			r.Sign(gwKey)
 		}, ErrBadSignature},
 		{"gateway sig by another key", func(r *Receipt) {
@@ -603,9 +627,9 @@ func TestReceiptVerify(t *testing.T) {
 		}, ErrBadSignature},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := signedReceipt(t, nodeKey, gwKey)
+			r := signedReceipt(t, nodeKey, gwKey, plat)
 			tc.tamper(r)
-			err := r.Verify()
+			err := r.Verify(v)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("Verify() = %v, want %v", err, tc.want)
 			}
@@ -668,7 +692,7 @@ func TestSettleRoundTrip(t *testing.T) {
 	}
 
 	nodeKey, _ := testkit.RandomPeer(t)
-	r := signedReceipt(t, nodeKey, client.Key)
+	r := signedReceipt(t, nodeKey, client.Key, server.ID())
 	resp, err = client.CallSettle(ctx, server.ID(), &SettleRequest{Op: OpReceipt, Receipt: r})
 	if err != nil || !resp.Applied {
 		t.Fatalf("receipt round trip: applied=%v err=%v", resp != nil && resp.Applied, err)

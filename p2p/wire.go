@@ -33,13 +33,14 @@ type InferHeader struct {
 	NodeFault bool `json:"node_fault,omitempty"`
 }
 
-// Trailer ends a successful call: what the node claims it served, signed.
+// Trailer ends a successful call: what the node claims it served, with the
+// node's MAC for the settlement peer (see ClaimAuth).
 type Trailer struct {
 	Claim NodeClaim `json:"claim"`
-	Sig   []byte    `json:"sig"`
+	MAC   []byte    `json:"mac"`
 }
 
-// NodeClaim is what a node signs about one call it served.
+// NodeClaim is what a node vouches for about one call it served.
 type NodeClaim struct {
 	RequestID        string `json:"request_id"`
 	Model            string `json:"model"`
@@ -89,7 +90,7 @@ func boolByte(v bool) byte {
 }
 
 // Receipt is the record of one paid call that a gateway sends to settlement.
-// It carries the node's signed claim; billed tokens never exceed it.
+// It carries the node's claim and its MAC; billed tokens never exceed it.
 type Receipt struct {
 	RequestID        string        `json:"request_id"`
 	Model            string        `json:"model"`
@@ -102,10 +103,13 @@ type Receipt struct {
 	CostUcr          int64         `json:"cost_ucr"`
 	TimeMs           int64         `json:"time_ms"`
 	Claim            NodeClaim     `json:"claim"`
-	NodeSig          []byte        `json:"node_sig"`
+	NodeMAC          []byte        `json:"node_mac"`       // the node's ClaimAuth MAC of Claim
 	Grant            *Grant        `json:"grant"`          // proof the gateway held one of Consumer's API keys
 	Hold             string        `json:"hold,omitempty"` // the credit-line hold the call was spent against
-	GatewaySig       []byte        `json:"gateway_sig,omitempty"`
+	// GatewaySig is set only on a receipt sent on its own (OpReceipt):
+	// receipts in a ReceiptBatch are covered by the batch's one signature,
+	// which is how gateways send them.
+	GatewaySig []byte `json:"gateway_sig,omitempty"`
 }
 
 // Grant is the settlement peer's signed statement that a gateway presented
@@ -190,13 +194,14 @@ func (r *Receipt) Sign(key crypto.PrivKey) error {
 	return nil
 }
 
-// Verify checks both signatures and that the receipt agrees with the node's
-// claim (see CheckClaim).
-func (r *Receipt) Verify() error {
+// Verify checks the node's claim MAC (with v, the settlement peer's
+// verifier), the gateway's own signature and that the receipt agrees with
+// the claim (see CheckClaim).
+func (r *Receipt) Verify(v *ClaimVerifier) error {
 	if err := r.CheckClaim(); err != nil {
 		return err
 	}
-	if err := r.VerifyNode(); err != nil {
+	if err := v.Verify(r.Claim, r.NodeMAC); err != nil {
 		return err
 	}
 	return r.VerifyGateway()
@@ -218,25 +223,12 @@ func (r *Receipt) CheckClaim() error {
 	return nil
 }
 
-// VerifyNode checks the node's own signature on the claim.
-func (r *Receipt) VerifyNode() error {
-	if err := verifyBy(r.Node, r.Claim.SigningBytes(), r.NodeSig); err != nil {
-		return fmt.Errorf("node signature: %w", err)
-	}
-	return nil
-}
-
 // VerifyGateway checks the gateway's signature on the receipt.
 func (r *Receipt) VerifyGateway() error {
 	if err := verifyBy(r.Gateway, r.SigningBytes(), r.GatewaySig); err != nil {
 		return fmt.Errorf("gateway signature: %w", err)
 	}
 	return nil
-}
-
-// SignClaim signs a node claim with the node's key.
-func SignClaim(key crypto.PrivKey, c NodeClaim) ([]byte, error) {
-	return key.Sign(c.SigningBytes())
 }
 
 func verifyBy(peerID string, data, sig []byte) error {
@@ -311,11 +303,3 @@ func (r *NodeRegistration) Sign(key crypto.PrivKey) error {
 
 // Verify checks the node's signature.
 func (r *NodeRegistration) Verify() error { return verifyBy(r.Node, r.signingBytes(), r.NodeSig) }
-
-// VerifyClaim checks a node's signature on its claim.
-func VerifyClaim(c NodeClaim, sig []byte) error {
-	if err := verifyBy(c.Node, c.SigningBytes(), sig); err != nil {
-		return fmt.Errorf("node signature: %w", err)
-	}
-	return nil
-}

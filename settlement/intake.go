@@ -51,7 +51,7 @@ type intake struct {
 }
 
 // ApplyReceipts checks and commits receipts sent by gateway from, each
-// carrying its own node and gateway signatures; one outcome per receipt, in
+// carrying its node's claim MAC and its own gateway signature; one outcome per receipt, in
 // order.
 func (s *Settlement) ApplyReceipts(from peer.ID, rs []*p2p.Receipt) []Outcome {
 	return s.apply(from, rs, func(int, *p2p.Receipt) signed { return signed{} })
@@ -59,7 +59,7 @@ func (s *Settlement) ApplyReceipts(from peer.ID, rs []*p2p.Receipt) []Outcome {
 
 // ApplyReceiptBatch checks and commits a batch under batch signatures: the
 // gateway's over the whole batch, each node's over its claims (receipts no
-// claim batch covers fall back to their own node signature).
+// claim batch covers fall back to the node's MAC of their claim).
 func (s *Settlement) ApplyReceiptBatch(from peer.ID, b *p2p.ReceiptBatch) []Outcome {
 	fail := func(err error) []Outcome {
 		out := make([]Outcome, len(b.Receipts))
@@ -202,7 +202,7 @@ func (s *Settlement) check(from peer.ID, fromID string, r *p2p.Receipt, sg signe
 		return nil, err
 	}
 	if !sg.node {
-		if err := r.VerifyNode(); err != nil {
+		if err := s.claims.Verify(r.Claim, r.NodeMAC); err != nil {
 			return nil, err
 		}
 	}

@@ -102,6 +102,7 @@ type Settlement struct {
 	reg      *prometheus.Registry
 	metrics  metrics
 	cloud    *cloudNodes // nil when hosted cloud nodes are off
+	claims   *p2p.ClaimVerifier
 }
 
 // New checks cfg and returns a settlement peer ready to Run.
@@ -124,6 +125,9 @@ func New(cfg Config) (*Settlement, error) {
 	s.metrics = newMetrics(s.reg)
 	s.intake = &intake{s: s, ch: make(chan *checked, maxCommitBatch)}
 	var err error
+	if s.claims, err = p2p.NewClaimVerifier(cfg.Host.Key); err != nil {
+		return nil, fmt.Errorf("settlement: claim verifier: %w", err)
+	}
 	if s.prices, err = loadPriceHistory(cfg.PriceHistory, cfg.Prices, time.Now()); err != nil {
 		return nil, err
 	}

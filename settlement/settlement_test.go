@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/tokenrouter/tokenrouter/p2p"
 	"github.com/tokenrouter/tokenrouter/settlement/economy"
 	"github.com/tokenrouter/tokenrouter/settlement/ledger"
@@ -264,21 +265,32 @@ func (f *fixture) receiptFor(t *testing.T, model, consumer, reqID string, prompt
 		RequestID: reqID, Model: model, Node: f.node.ID().String(), Gateway: f.gw.ID().String(),
 		PromptTokens: prompt, CompletionTokens: completion,
 	}
-	sig, err := p2p.SignClaim(f.node.Key, claim)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sig := claimMAC(t, f.node.Key, f.settle.ID(), claim)
 	price := f.prices.For(model)
 	r := &p2p.Receipt{
 		RequestID: reqID, Model: model, Consumer: consumer, Node: claim.Node, Gateway: claim.Gateway,
 		PromptTokens: prompt, CompletionTokens: completion,
 		Price: price, CostUcr: economy.Cost(price, prompt, completion),
-		TimeMs: time.Now().UnixMilli(), Claim: claim, NodeSig: sig, Grant: f.grant(t, f.gw, consumer),
+		TimeMs: time.Now().UnixMilli(), Claim: claim, NodeMAC: sig, Grant: f.grant(t, f.gw, consumer),
 	}
 	if err := r.Sign(f.gw.Key); err != nil {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// claimMAC is the MAC the node with nodeKey gives claim for platform.
+func claimMAC(t *testing.T, nodeKey crypto.PrivKey, platform peer.ID, claim p2p.NodeClaim) []byte {
+	t.Helper()
+	node, err := peer.IDFromPrivateKey(nodeKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := p2p.NewClaimAuth(nodeKey, platform, node, platform)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a.MAC(claim)
 }
 
 func (f *fixture) send(t *testing.T, from *p2p.Host, r *p2p.Receipt) (*p2p.SettleResponse, error) {
@@ -500,9 +512,9 @@ func TestReceiptRejections(t *testing.T) {
 		{"sent by a host other than the gateway named", func() (*p2p.Receipt, *p2p.Host) {
 			return f.receipt(t, consumer, "r-sender", 100, 100), f.node
 		}},
-		{"forged node signature", func() (*p2p.Receipt, *p2p.Host) {
+		{"forged node MAC", func() (*p2p.Receipt, *p2p.Host) {
 			r := f.receipt(t, consumer, "r-nodesig", 100, 100)
-			r.NodeSig, _ = p2p.SignClaim(otherKey, r.Claim)
+			r.NodeMAC = claimMAC(t, otherKey, f.settle.ID(), r.Claim)
 			r.Sign(f.gw.Key)
 			return r, f.gw
 		}},

@@ -14,6 +14,12 @@ import (
 // reports whether b is an object the scan could follow to its end; it does
 // not validate scalars or the inside of strings.
 func eachTopLevel(b []byte, fn func(key []byte, start, end int)) bool {
+	return walkTopLevel(b, func(key []byte, _ bool, start, end int) { fn(key, start, end) })
+}
+
+// walkTopLevel is eachTopLevel, also telling fn whether the key was
+// written with escapes.
+func walkTopLevel(b []byte, fn func(key []byte, escaped bool, start, end int)) bool {
 	i := skipWS(b, 0)
 	if i >= len(b) || b[i] != '{' {
 		return false
@@ -31,7 +37,8 @@ func eachTopLevel(b []byte, fn func(key []byte, start, end int)) bool {
 			return false
 		}
 		key := b[i+1 : kEnd-1]
-		if bytes.IndexByte(key, '\\') >= 0 {
+		escaped := bytes.IndexByte(key, '\\') >= 0
+		if escaped {
 			// "mod\u0065l" is "model" to every decoder: compare decoded.
 			var k string
 			if json.Unmarshal(b[i:kEnd], &k) == nil {
@@ -47,7 +54,7 @@ func eachTopLevel(b []byte, fn func(key []byte, start, end int)) bool {
 		if vEnd < 0 {
 			return false
 		}
-		fn(key, i, vEnd)
+		fn(key, escaped, i, vEnd)
 		i = skipWS(b, vEnd)
 		if i >= len(b) {
 			return false
@@ -85,10 +92,10 @@ func splice(b []byte, start, end int, with []byte) []byte {
 	return append(out, b[end:]...)
 }
 
-// insertField returns the object obj (a JSON object's bytes, starting with
+// InsertField returns the object obj (a JSON object's bytes, starting with
 // '{' after optional whitespace) with `"key":value` added as its first
 // field, in a new slice.
-func insertField(obj []byte, key string, value []byte) []byte {
+func InsertField(obj []byte, key string, value []byte) []byte {
 	open := skipWS(obj, 0) + 1
 	field := make([]byte, 0, len(key)+len(value)+4)
 	field = append(field, '"')
@@ -162,4 +169,32 @@ func skipValue(b []byte, i int) int {
 		return -1
 	}
 	return j
+}
+
+// FieldSpans returns the spans [start,end) of the values of the named
+// top-level keys of the JSON object b, {-1,-1} for a key it lacks, so a
+// caller can replace a few fields without decoding the rest. ok is false
+// when b is not an object the scan can follow, or when one of the keys is
+// given twice or spelled with escapes: then only a decoder knows which
+// value counts. It does not validate scalars or the inside of strings.
+func FieldSpans(b []byte, keys ...string) (spans [][2]int, ok bool) {
+	spans = make([][2]int, len(keys))
+	for i := range spans {
+		spans[i] = [2]int{-1, -1}
+	}
+	unique := true
+	valid := walkTopLevel(b, func(k []byte, escaped bool, s, e int) {
+		for i, key := range keys {
+			if string(k) == key {
+				if spans[i][0] >= 0 || escaped {
+					unique = false
+				}
+				spans[i] = [2]int{s, e}
+			}
+		}
+	})
+	if !valid || !unique {
+		return nil, false
+	}
+	return spans, true
 }

@@ -53,8 +53,23 @@ var chunkCases = []struct {
 	{"error", `{"error":{"message":"boom"}}`, false, 0},
 	{"object error", `{"object":"error","message":"boom"}`, false, 0},
 	{"usage number", `{"usage":5,"choices":[{"text":"a"}]}`, true, 1},
+	{"usage details", `{"usage":{"prompt_tokens":7,"prompt_tokens_details":{"cached_tokens":2},"completion_tokens":-0,"total_tokens":null,"cost":0.5}}`, false, 0},
+	{"usage float", `{"usage":{"prompt_tokens":1.5,"completion_tokens":1}}`, false, 0},
+	{"usage exponent", `{"usage":{"prompt_tokens":1e3}}`, false, 0},
+	{"usage too large", `{"usage":{"completion_tokens":9223372036854775808}}`, false, 0},
+	{"usage string count", `{"usage":{"total_tokens":"3"}}`, false, 0},
+	{"usage near-miss key", `{"usage":{"Prompt_Tokens":3}}`, false, 0},
+	{"usage repeated count", `{"usage":{"prompt_tokens":3,"prompt_tokens":4}}`, false, 0},
+	{"usage empty", `{"usage":{}}`, false, 0},
+	{"usage array", `{"usage":[1]}`, false, 0},
+	{"usage twice", `{"usage":{"prompt_tokens":3},"usage":null}`, false, 0},
 	{"real chunk", `{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1795784086,"model":"synthetic-1","system_fingerprint":"synthetic","choices":[{"index":0,"delta":{"content":"pariatur "},"logprobs":null,"finish_reason":null}],"usage":null}`, true, 9},
 }
+
+// wholeAnswer is a non-streamed answer as the synthetic engine gives it.
+const wholeAnswer = `{"id":"chatcmpl-1","object":"chat.completion","created":1795784086,"model":"synthetic-1","system_fingerprint":"synthetic",` +
+	`"choices":[{"index":0,"message":{"role":"assistant","content":"lorem ipsum dolor sit"},"logprobs":null,"finish_reason":"length"}],` +
+	`"usage":{"prompt_tokens":12,"completion_tokens":16,"total_tokens":28}}`
 
 // sameChunk reports how a and b differ in what a node or a gateway reads.
 func sameChunk(a, b Chunk) bool {
@@ -100,10 +115,17 @@ func TestReadChunk(t *testing.T) {
 			t.Errorf("%s: ChunkOutput = %v, %d; want %v, %d", tc.name, content, chars, tc.content, tc.chars)
 		}
 	}
-	// The common chunk is read in one pass, not by ParseChunk.
-	sc := chunkScanner{b: []byte(chunkCases[len(chunkCases)-1].in)}
-	if !sc.scan() {
-		t.Fatal("the common chunk went to ParseChunk")
+	// The common chunk, and a whole answer with its usage, are read in one
+	// pass, not by ParseChunk.
+	for _, in := range []string{chunkCases[len(chunkCases)-1].in, wholeAnswer} {
+		sc := chunkScanner{b: []byte(in)}
+		if !sc.scan() {
+			t.Fatalf("%s went to ParseChunk", in)
+		}
+	}
+	c, err := ReadChunk([]byte(wholeAnswer))
+	if err != nil || c.Usage == nil || *c.Usage != (Usage{PromptTokens: 12, CompletionTokens: 16, TotalTokens: 28}) || c.Chars != 21 {
+		t.Fatalf("ReadChunk(whole answer) = %+v, %v", c, err)
 	}
 }
 
@@ -114,11 +136,16 @@ func FuzzReadChunk(f *testing.F) {
 	for _, tc := range chunkCases {
 		f.Add([]byte(tc.in))
 	}
+	f.Add([]byte(wholeAnswer))
 	f.Fuzz(func(t *testing.T, chunk []byte) { checkReadChunk(t, chunk) })
 }
 
 func BenchmarkReadChunk(b *testing.B) {
-	chunk := []byte(chunkCases[len(chunkCases)-1].in)
+	b.Run("chunk", func(b *testing.B) { benchReadChunk(b, []byte(chunkCases[len(chunkCases)-1].in)) })
+	b.Run("answer", func(b *testing.B) { benchReadChunk(b, []byte(wholeAnswer)) })
+}
+
+func benchReadChunk(b *testing.B, chunk []byte) {
 	b.Run("ReadChunk", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {

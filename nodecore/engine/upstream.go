@@ -172,7 +172,7 @@ func WithUsage(body []byte) ([]byte, error) {
 		return body, nil
 	}
 	if opts[0] < 0 {
-		return insertField(body, "stream_options", []byte(`{"include_usage":true}`)), nil
+		return InsertField(body, "stream_options", []byte(`{"include_usage":true}`)), nil
 	}
 	v := body[opts[0]:opts[1]]
 	if string(v) == "null" {
@@ -195,7 +195,7 @@ func WithUsage(body []byte) ([]byte, error) {
 	case found:
 		return splice(body, opts[0]+s, opts[0]+e, []byte("true")), nil
 	}
-	return splice(body, opts[0], opts[1], insertField(v, "include_usage", []byte("true"))), nil
+	return splice(body, opts[0], opts[1], InsertField(v, "include_usage", []byte("true"))), nil
 }
 
 // Redacted is what a token becomes in any text the node logs or relays.

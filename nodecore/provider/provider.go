@@ -47,9 +47,9 @@ type Config struct {
 	MaxBody      int64         // largest upstream response body read for a non-streamed call
 	MaxRequest   int64         // largest request body a gateway may send
 	WriteTimeout time.Duration // a gateway that reads nothing for this long loses the stream
-	// ClaimKey signs the node's claims and claim batches instead of the
-	// host's key (nil = the host's key). Only tests set it, to play a node
-	// whose signatures do not match its peer id.
+	// ClaimKey authenticates the node's claims and signs its claim batches
+	// instead of the host's key (nil = the host's key). Only tests set it,
+	// to play a node whose MACs and signatures do not match its peer id.
 	ClaimKey crypto.PrivKey
 }
 
@@ -140,6 +140,7 @@ type Node struct {
 	seq       uint64
 	account   string
 	claims    *claimMemory
+	claimAuth *p2p.ClaimAuth // MACs each claim for the settlement peer
 }
 
 // instance is one model this node serves, with its own capacity and load.
@@ -162,8 +163,17 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Hardware == "" {
 		cfg.Hardware = DetectHardware()
 	}
+	key := cfg.ClaimKey
+	if key == nil {
+		key = cfg.Host.Key
+	}
+	auth, err := p2p.NewClaimAuth(key, cfg.Platform, cfg.Host.ID(), cfg.Platform)
+	if err != nil {
+		return nil, fmt.Errorf("provider: claim key for the settlement peer %s: %w", cfg.Platform, err)
+	}
 	return &Node{
 		cfg:       cfg,
+		claimAuth: auth,
 		log:       log,
 		instances: map[string]*instance{},
 		changed:   make(chan struct{}, 1),

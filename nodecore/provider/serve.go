@@ -28,6 +28,7 @@ type call struct {
 	s   network.Stream
 	w   *bufio.Writer
 	req p2p.InferRequest
+	gw  string // the calling gateway's peer id, encoded once
 }
 
 func (n *Node) serveInfer(parent context.Context) network.StreamHandler {
@@ -65,7 +66,8 @@ func (c *call) serve(parent context.Context) error {
 		return c.refuse(http.StatusNotFound, "invalid_request_error", "unknown_endpoint", "this node does not serve "+c.req.Path)
 	}
 	// Take a slot before reading a body of up to MaxBody.
-	gw := c.s.Conn().RemotePeer().String()
+	c.gw = c.s.Conn().RemotePeer().String()
+	gw := c.gw
 	engineModel, serves, full := n.acquire(c.req.Model, gw)
 	if !serves {
 		return c.refuse(http.StatusNotFound, "invalid_request_error", "model_not_found", "this node does not serve model "+c.req.Model)
@@ -167,7 +169,7 @@ func (c *call) answer(status int, body []byte, nodeFault bool) error {
 func (c *call) header(status int) error { return c.headerFault(status, false) }
 
 func (c *call) headerFault(status int, nodeFault bool) error {
-	h, _ := json.Marshal(p2p.InferHeader{Status: status, Node: c.n.cfg.Host.ID().String(), NodeFault: nodeFault})
+	h, _ := json.Marshal(p2p.InferHeader{Status: status, Node: c.n.cfg.Host.IDString(), NodeFault: nodeFault})
 	return c.write(p2p.FrameHeader, h)
 }
 
@@ -325,22 +327,15 @@ func (f *flushBeforeRead) Read(p []byte) (int, error) {
 	return f.r.Read(p)
 }
 
-// trailer signs and sends the node's claim for this call.
+// trailer sends the node's claim for this call, with its MAC for the
+// settlement peer; the node remembers it to sign it again in a batch.
 func (c *call) trailer(claim p2p.NodeClaim) error {
 	claim.RequestID = c.req.RequestID
 	claim.Model = c.req.Model
-	claim.Node = c.n.cfg.Host.ID().String()
-	claim.Gateway = c.s.Conn().RemotePeer().String()
-	key := c.n.cfg.ClaimKey
-	if key == nil {
-		key = c.n.cfg.Host.Key
-	}
-	sig, err := p2p.SignClaim(key, claim)
-	if err != nil {
-		return err
-	}
+	claim.Node = c.n.cfg.Host.IDString()
+	claim.Gateway = c.gw
 	c.n.claims.add(claim.Gateway, claim.Hash(), time.Now())
-	t, _ := json.Marshal(p2p.Trailer{Claim: claim, Sig: sig})
+	t, _ := json.Marshal(p2p.Trailer{Claim: claim, MAC: c.n.claimAuth.MAC(claim)})
 	if err := c.write(p2p.FrameTrailer, t); err != nil {
 		return err
 	}

@@ -37,14 +37,19 @@ func newHost(t *testing.T) *p2p.Host {
 // gateway host connected to it that speaks /tokenrouter/infer/1.
 type testNode struct {
 	*Node
-	gw *p2p.Host
+	gw     *p2p.Host
+	claims *p2p.ClaimVerifier // the settlement peer's check of the node's claim MACs
 }
 
 // startNode runs a node on baseURL with cfg's Capacity, ModelCapacity and
 // Models applied over the defaults, and connects a gateway host to it.
 func startNode(t *testing.T, baseURL string, tweak func(*Config)) *testNode {
 	t.Helper()
-	_, platform := testkit.RandomPeer(t)
+	platformKey, platform := testkit.RandomPeer(t)
+	claims, err := p2p.NewClaimVerifier(platformKey)
+	if err != nil {
+		t.Fatal(err)
+	}
 	h := newHost(t)
 	cfg := DefaultConfig()
 	cfg.Host, cfg.Upstream, cfg.Platform = h, &engine.Upstream{BaseURL: baseURL}, platform
@@ -78,7 +83,7 @@ func startNode(t *testing.T, baseURL string, tweak func(*Config)) *testNode {
 	if err := gw.Connect(cctx, peer.AddrInfo{ID: h.ID(), Addrs: h.Addrs()}); err != nil {
 		t.Fatal(err)
 	}
-	return &testNode{Node: n, gw: gw}
+	return &testNode{Node: n, gw: gw, claims: claims}
 }
 
 // answer is everything a node sent for one call.
@@ -167,8 +172,8 @@ func readAnswer(t *testing.T, r *bufio.Reader, tn *testNode) *answer {
 			if err := json.Unmarshal(payload, &tr); err != nil {
 				t.Fatal(err)
 			}
-			if err := p2p.VerifyClaim(tr.Claim, tr.Sig); err != nil {
-				t.Fatalf("claim signature: %v", err)
+			if err := tn.claims.Verify(tr.Claim, tr.MAC); err != nil {
+				t.Fatalf("claim MAC: %v", err)
 			}
 			if tr.Claim.Node != tn.cfg.Host.ID().String() || tr.Claim.Gateway != tn.gw.ID().String() {
 				t.Errorf("claim for %s/%s", tr.Claim.Node, tr.Claim.Gateway)
