@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tokenrouter/tokenrouter/gateway/route"
@@ -101,6 +102,7 @@ type Gateway struct {
 	outcomes outcomes
 	calls    sync.WaitGroup // calls in flight, for a clean stop
 	settler  *settler
+	streams  *streamPool
 	reg      *prometheus.Registry
 	metrics  metrics
 
@@ -130,6 +132,9 @@ func New(cfg Config) (*Gateway, error) {
 	g.credit = newCreditLines(cfg.Host, cfg.Platform, cfg.Credit)
 	g.limits = newKeyLimits(cfg.RequestsPerMinute)
 	g.settler = newSettler(cfg.Host, cfg.Platform, log, g.metrics, cfg.Journal)
+	g.streams = newStreamPool(func(ctx context.Context, node peer.ID) (network.Stream, error) {
+		return cfg.Host.NewStream(ctx, node, p2p.ProtoInfer)
+	}, g.metrics)
 	return g, nil
 }
 
@@ -171,6 +176,7 @@ func (g *Gateway) Run(ctx context.Context, ready func(httpAddr string)) error {
 		return fmt.Errorf("gateway: follow health scores: %w", err)
 	}
 	wg.Go(func() { g.reportLoop(ctx, g.cfg.ReportEvery) })
+	wg.Go(func() { g.streams.run(ctx) })
 	if err := g.settler.resume(); err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ type metrics struct {
 	chargedUcr       prometheus.Counter
 	receipts         *prometheus.CounterVec
 	receiptsPending  prometheus.Gauge
+	streams          *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) metrics {
@@ -36,8 +37,11 @@ func newMetrics(reg *prometheus.Registry) metrics {
 		receiptsPending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tokenrouter_gateway_receipts_pending", Help: "Receipts waiting for the settlement peer.",
 		}),
+		streams: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenrouter_gateway_node_streams_total", Help: "Streams to nodes a call ran on: opened for it, or reused from an earlier call.",
+		}, []string{"kind"}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.upstreamFailures, m.tokens, m.chargedUcr, m.receipts, m.receiptsPending,
+	reg.MustRegister(m.requests, m.duration, m.upstreamFailures, m.tokens, m.chargedUcr, m.receipts, m.receiptsPending, m.streams,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -271,43 +271,42 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 		g.view.Unreachable(node)
 		return 0, &attemptError{err: err}
 	}
-	s, err := g.cfg.Host.NewStream(ctx, node, p2p.ProtoInfer)
-	if err != nil {
+	var (
+		s         network.Stream
+		br        *bufio.Reader
+		h         p2p.InferHeader
+		stopReset func() bool
+	)
+	for {
+		st, reused, err := g.streams.get(ctx, node, time.Now())
+		if err != nil {
+			return 0, &attemptError{err: err}
+		}
+		// Until the first byte reaches the client, a client that leaves
+		// stops the node at once and pays nothing.
+		stopReset = context.AfterFunc(c.r.Context(), func() { st.Reset() })
+		st.SetDeadline(earliest(time.Now().Add(g.cfg.HeaderTimeout), c.deadline))
+		br = p2p.GetReader(st)
+		if h, err = c.request(st, br); err == nil {
+			s = st
+			break
+		}
+		stopReset()
+		p2p.PutReader(br)
+		st.Reset()
+		if reused && ctx.Err() == nil && !isTimeout(err) {
+			continue // a pooled stream that died while idle says nothing of the node
+		}
 		return 0, &attemptError{err: err}
 	}
+	defer p2p.PutReader(br)
 	ok := false
 	defer func() {
 		if !ok {
 			s.Reset()
 		}
 	}()
-	// Until the first byte reaches the client, a client that leaves stops
-	// the node at once and pays nothing.
-	stopReset := context.AfterFunc(c.r.Context(), func() { s.Reset() })
 	defer stopReset()
-	s.SetDeadline(earliest(time.Now().Add(g.cfg.HeaderTimeout), c.deadline))
-	bw := p2p.GetWriter(s)
-	defer p2p.PutWriter(bw)
-	hdr, _ := json.Marshal(p2p.InferRequest{RequestID: c.id, Path: c.path, Model: c.meta.Model, Stream: c.meta.Stream})
-	if err := p2p.WriteFrame(bw, p2p.FrameRequest, hdr); err != nil {
-		return 0, &attemptError{err: err}
-	}
-	if err := p2p.WriteFrame(bw, p2p.FrameBody, c.body); err != nil {
-		return 0, &attemptError{err: err}
-	}
-	if err := bw.Flush(); err != nil {
-		return 0, &attemptError{err: err}
-	}
-	br := p2p.GetReader(s)
-	defer p2p.PutReader(br)
-	typ, payload, err := p2p.ReadFrame(br, nil, p2p.MaxFrame)
-	if err != nil || typ != p2p.FrameHeader {
-		return 0, &attemptError{err: fmt.Errorf("no answer header: %w", frameErr(err, typ))}
-	}
-	var h p2p.InferHeader
-	if err := json.Unmarshal(payload, &h); err != nil {
-		return 0, &attemptError{err: fmt.Errorf("bad answer header: %w", err)}
-	}
 	switch {
 	case h.Status == http.StatusTooManyRequests:
 		return 0, &attemptError{status: h.Status, full: true, err: errors.New("node at capacity")}
@@ -331,6 +330,7 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 		return h.Status, nil
 	}
 	rel := &relay{c: c, s: s, br: br, node: node, nodeID: node.String(), stopReset: stopReset, deadline: c.deadline}
+	defer func() { ok = ok || rel.pooled }()
 	if c.meta.Stream {
 		status, aerr := rel.stream()
 		ok = aerr == nil
@@ -339,6 +339,54 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 	status, aerr := rel.whole()
 	ok = aerr == nil
 	return status, aerr
+}
+
+// request sends the call on stream s and reads the node's answer header.
+func (c *forwardCall) request(s network.Stream, br *bufio.Reader) (p2p.InferHeader, error) {
+	var h p2p.InferHeader
+	bw := p2p.GetWriter(s)
+	defer p2p.PutWriter(bw)
+	hdr, _ := json.Marshal(p2p.InferRequest{RequestID: c.id, Path: c.path, Model: c.meta.Model, Stream: c.meta.Stream})
+	if err := p2p.WriteFrame(bw, p2p.FrameRequest, hdr); err != nil {
+		return h, err
+	}
+	if err := p2p.WriteFrame(bw, p2p.FrameBody, c.body); err != nil {
+		return h, err
+	}
+	if err := bw.Flush(); err != nil {
+		return h, err
+	}
+	typ, payload, err := p2p.ReadFrame(br, nil, p2p.MaxFrame)
+	if err != nil || typ != p2p.FrameHeader {
+		return h, fmt.Errorf("no answer header: %w", frameErr(err, typ))
+	}
+	if err := json.Unmarshal(payload, &h); err != nil {
+		return h, fmt.Errorf("bad answer header: %w", err)
+	}
+	return h, nil
+}
+
+// disarm stops "client left: reset the stream" and reports whether it had
+// not fired; asked again, it gives the same answer.
+func (rl *relay) disarm() bool {
+	if rl.disarmed == 0 {
+		rl.disarmed = -1
+		if rl.stopReset() {
+			rl.disarmed = 1
+		}
+	}
+	return rl.disarmed == 1
+}
+
+// release ends the relay's use of the stream after the node's trailer:
+// back to the pool when nothing is left to read on it, closed otherwise.
+func (rl *relay) release() {
+	if rl.disarm() && rl.br.Buffered() == 0 {
+		rl.c.g.streams.put(rl.node, rl.s, time.Now())
+		rl.pooled = true
+		return
+	}
+	rl.s.Close()
 }
 
 // readErrorMessage pulls the message out of a node's error body frame.
@@ -362,7 +410,9 @@ type relay struct {
 	node      peer.ID
 	nodeID    string      // node.String(), once
 	stopReset func() bool // disarms "client left: reset" once bytes reach the client
+	disarmed  int8        // stopReset's answer once asked: 1 it was disarmed, -1 it had fired
 	deadline  time.Time   // the call's MaxCallTime
+	pooled    bool        // the stream went back to the pool for another call
 
 	rc        *http.ResponseController // the client's, once a stream writes to it
 	ev        []byte                   // the SSE event being written, reused

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -111,7 +112,7 @@ func (rl *relay) whole() (int, *attemptError) {
 	if err != nil {
 		return 0, &attemptError{status: 200, err: fmt.Errorf("engine answer is not a JSON object: %w", err)}
 	}
-	rl.s.Close()
+	rl.release()
 	c := rl.c
 	var shown delivery
 	if answer.Content {
@@ -150,7 +151,7 @@ func (rl *relay) stream() (int, *attemptError) {
 	if err != nil {
 		return 0, &attemptError{status: 200, err: fmt.Errorf("stream broke before its first chunk: %w", err)}
 	}
-	if !rl.stopReset() || c.r.Context().Err() != nil {
+	if !rl.disarm() || c.r.Context().Err() != nil {
 		c.outcome = route.Neutral
 		return 499, nil // the client left before its first byte: nothing served, nothing billed
 	}
@@ -162,21 +163,24 @@ func (rl *relay) stream() (int, *attemptError) {
 	h.Set("X-Accel-Buffering", "no")
 	c.w.WriteHeader(http.StatusOK)
 
-	// From here the client leaving stops the node gently: close our side
+	// From here the client leaving stops the node gently: a cancel frame
 	// (the node cancels its engine and sends its claim), then wait a little
-	// for that claim.
+	// for that claim. The watch ends before the stream can go back to the
+	// pool, so a cancel never reaches a later call.
 	var gone atomic.Bool
-	done := make(chan struct{})
-	defer close(done)
+	done, watchEnded := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(watchEnded)
 		select {
 		case <-c.r.Context().Done():
 			gone.Store(true)
-			rl.s.CloseWrite()
+			rl.s.Write(cancelFrame)
 			rl.s.SetReadDeadline(time.Now().Add(stopGrace))
 		case <-done:
 		}
 	}()
+	endWatch := sync.OnceFunc(func() { close(done); <-watchEnded })
+	defer endWatch()
 
 	var (
 		out         delivery
@@ -261,7 +265,8 @@ func (rl *relay) stream() (int, *attemptError) {
 		rl.flush()
 		return http.StatusOK, nil
 	}
-	rl.s.Close()
+	endWatch()
+	rl.release()
 	cl := trailer.Claim
 	completion := cl.CompletionTokens
 	// Bill only what reached the client: a cut stream is capped by the

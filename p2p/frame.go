@@ -19,6 +19,7 @@ const (
 	FrameData    = 'D' // node -> gateway: a response body, or one SSE data payload
 	FrameUsage   = 'U' // node -> gateway: the streamed chunk that carries usage
 	FrameTrailer = 'T' // node -> gateway: Trailer (JSON), always last on success
+	FrameCancel  = 'C' // gateway -> node: stop the call in progress (its client left); no payload
 	FrameJSON    = 'J' // settle protocol: one JSON message
 )
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -22,67 +23,128 @@ var upstreamPaths = map[string]bool{
 	"/embeddings":       true,
 }
 
+// A stream of /tokenrouter/infer/1 carries calls one after another, as an
+// HTTP/1.1 connection does: a gateway keeps a few idle streams to each node
+// and reuses them, so a call costs no stream opening, protocol negotiation
+// or closing on either side (together about a seventh of each side's CPU
+// when every call had its own stream). A call is a request frame and a body
+// frame, answered by a header, data and a trailer; only a call that ended
+// with its trailer leaves the stream open for the next. While a call runs,
+// a cancel frame from the gateway (its client left) stops the engine, as
+// the gateway closing or resetting the stream does.
+
+// firstRequestTimeout bounds the wait for a new stream's first request.
+const firstRequestTimeout = 30 * time.Second
+
+// streamIdleTimeout is how long a node keeps a stream with no call on it:
+// longer than a gateway keeps one idle (gateway.streamIdle), so the gateway,
+// which knows when it will not reuse it, closes it first.
+const streamIdleTimeout = 90 * time.Second
+
 // call is one inference call being served on a stream.
 type call struct {
 	n   *Node
 	s   network.Stream
+	r   *bufio.Reader // the stream's, kept from call to call
 	w   *bufio.Writer
 	req p2p.InferRequest
-	gw  string // the calling gateway's peer id, encoded once
+	gw  string // the calling gateway's peer id, encoded once a stream
+
+	done bool // the call ended with its trailer: the stream may carry another
+}
+
+// frameRead is one frame read off a stream, or the error that ended it.
+type frameRead struct {
+	typ     byte
+	payload []byte
+	err     error
 }
 
 func (n *Node) serveInfer(parent context.Context) network.StreamHandler {
 	return func(s network.Stream) {
+		r := p2p.GetReader(s)
+		idle := false // nothing reads r any more: it may go back to the pool
 		defer func() {
 			if v := recover(); v != nil {
 				s.Reset()
 				n.log.Error("panic serving an inference stream; the stream was reset", "panic", fmt.Sprint(v))
 			}
+			if idle {
+				p2p.PutReader(r)
+			}
 		}()
-		// pooled: 32 KiB a call was most of the node's garbage
-		c := &call{n: n, s: s, w: p2p.GetWriter(&deadlineWriter{s: s, timeout: n.cfg.WriteTimeout})}
-		defer p2p.PutWriter(c.w)
-		if err := c.serve(parent); err != nil {
-			n.log.Debug("infer stream ended with an error", "request", c.req.RequestID, "err", err)
-			s.Reset()
+		gw := s.Conn().RemotePeer().String()
+		s.SetReadDeadline(time.Now().Add(firstRequestTimeout))
+		var next frameRead
+		next.typ, next.payload, next.err = p2p.ReadFrame(r, nil, 64<<10)
+		for calls := 0; ; calls++ {
+			if next.err == nil && next.typ == p2p.FrameCancel {
+				// For a call that ended as its gateway gave up on it.
+				next.typ, next.payload, next.err = p2p.ReadFrame(r, nil, 64<<10)
+				continue
+			}
+			if next.err != nil || next.typ != p2p.FrameRequest {
+				idle = true
+				if calls > 0 && errors.Is(next.err, io.EOF) {
+					s.Close() // the gateway closed an idle stream
+					return
+				}
+				n.log.Debug("infer stream ended", "calls", calls, "err", next.err, "frame", next.typ)
+				s.Reset()
+				return
+			}
+			// pooled: 32 KiB a call was most of the node's garbage
+			c := &call{n: n, s: s, r: r, gw: gw, w: p2p.GetWriter(&deadlineWriter{s: s, timeout: n.cfg.WriteTimeout})}
+			watched, err := c.serve(parent, next.payload)
+			p2p.PutWriter(c.w)
+			if err == nil && c.done {
+				next = <-watched // the slot is free while the stream waits
+				continue
+			}
+			if err != nil {
+				n.log.Debug("infer stream ended with an error", "request", c.req.RequestID, "err", err)
+				s.Reset()
+			} else {
+				s.Close() // answered without a claim (an error): the stream ends, gently
+			}
+			if watched != nil {
+				<-watched // the reset or close ended its read
+			}
+			idle = true
 			return
 		}
-		s.Close()
 	}
 }
 
-func (c *call) serve(parent context.Context) error {
-	c.s.SetReadDeadline(time.Now().Add(30 * time.Second))
-	r := bufio.NewReader(c.s)
-	typ, payload, err := p2p.ReadFrame(r, nil, 64<<10)
-	if err != nil || typ != p2p.FrameRequest {
-		return fmt.Errorf("read request: %v", err)
-	}
-	if err := json.Unmarshal(payload, &c.req); err != nil {
-		return fmt.Errorf("bad request header: %w", err)
+// serve serves the call whose request header is req. Once the request's
+// body is read, a watcher reads the stream for a cancel; after a call that
+// ended with its trailer it hands over the next frame on watched (the
+// gateway's next request, or what ended the stream), and is ended by the
+// caller's reset or close otherwise. watched is nil when no watcher ran.
+func (c *call) serve(parent context.Context, req []byte) (watched <-chan frameRead, err error) {
+	if err := json.Unmarshal(req, &c.req); err != nil {
+		return nil, fmt.Errorf("bad request header: %w", err)
 	}
 	n := c.n
 	if !upstreamPaths[c.req.Path] {
-		return c.refuse(http.StatusNotFound, "invalid_request_error", "unknown_endpoint", "this node does not serve "+c.req.Path)
+		return nil, c.refuse(http.StatusNotFound, "invalid_request_error", "unknown_endpoint", "this node does not serve "+c.req.Path)
 	}
 	// Take a slot before reading a body of up to MaxBody.
-	c.gw = c.s.Conn().RemotePeer().String()
-	gw := c.gw
-	engineModel, serves, full := n.acquire(c.req.Model, gw)
+	engineModel, serves, full := n.acquire(c.req.Model, c.gw)
 	if !serves {
-		return c.refuse(http.StatusNotFound, "invalid_request_error", "model_not_found", "this node does not serve model "+c.req.Model)
+		return nil, c.refuse(http.StatusNotFound, "invalid_request_error", "model_not_found", "this node does not serve model "+c.req.Model)
 	}
 	if full {
-		return c.refuse(http.StatusTooManyRequests, "rate_limit_error", "node_full", "the node is at capacity for "+c.req.Model)
+		return nil, c.refuse(http.StatusTooManyRequests, "rate_limit_error", "node_full", "the node is at capacity for "+c.req.Model)
 	}
 	n.markChanged()
 	defer func() {
-		n.release(c.req.Model, gw)
+		n.release(c.req.Model, c.gw)
 		n.markChanged()
 	}()
-	typ, body, err := p2p.ReadFrame(r, nil, int(n.cfg.MaxRequest))
+	typ, body, err := p2p.ReadFrame(c.r, nil, int(n.cfg.MaxRequest))
 	if err != nil || typ != p2p.FrameBody {
-		return fmt.Errorf("read body: %v", err)
+		return nil, fmt.Errorf("read body: %v", err)
 	}
 	c.s.SetReadDeadline(time.Time{})
 	// What the engine will see must be what the gateway routes and bills:
@@ -91,24 +153,46 @@ func (c *call) serve(parent context.Context) error {
 	meta, err := openai.ParseMeta(body)
 	// Neither refusal is the node's fault: the body is the consumer's.
 	if err != nil || engine.CanonicalModel(meta.Model) != engine.CanonicalModel(c.req.Model) || meta.Stream != c.req.Stream {
-		return c.answer(http.StatusBadRequest, openai.ErrorJSON("invalid_request_error", "", "mismatch", "the request header does not match its body"), false)
+		return nil, c.answer(http.StatusBadRequest, openai.ErrorJSON("invalid_request_error", "", "mismatch", "the request header does not match its body"), false)
 	}
 	if meta.Model != engineModel {
 		if body, err = engine.WithModel(body, engineModel); err != nil {
-			return c.answer(http.StatusBadRequest, openai.ErrorJSON("invalid_request_error", "model", "mismatch", "the request body's model cannot be read"), false)
+			return nil, c.answer(http.StatusBadRequest, openai.ErrorJSON("invalid_request_error", "model", "mismatch", "the request body's model cannot be read"), false)
 		}
 	}
 
-	// The gateway closing its side of the stream means "stop": the client
-	// left. Cancelling ctx stops the engine; the node still sends its claim
-	// for what it produced.
+	// A cancel frame, or the gateway closing its side of the stream, means
+	// "stop": the client left. Cancelling ctx stops the engine; the node
+	// still sends its claim for what it produced. The watcher is the
+	// stream's only reader until it hands over the frame after the call.
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
+	next := make(chan frameRead, 1)
 	go func() {
-		io.Copy(io.Discard, r)
-		cancel()
+		for {
+			typ, payload, err := p2p.ReadFrame(c.r, nil, 64<<10)
+			if err == nil && typ == p2p.FrameCancel {
+				cancel()
+				continue
+			}
+			if err != nil {
+				cancel()
+			}
+			next <- frameRead{typ, payload, err}
+			return
+		}
 	}()
+	if err := c.run(ctx, body); err != nil || !c.done {
+		return next, err
+	}
+	// The call is over; what comes next is the gateway's to send.
+	c.s.SetReadDeadline(time.Now().Add(streamIdleTimeout))
+	return next, nil
+}
 
+// run calls the engine and relays its answer.
+func (c *call) run(ctx context.Context, body []byte) error {
+	n := c.n
 	start := time.Now()
 	resp, err := n.cfg.Upstream.Do(ctx, c.req.Path, body)
 	if err != nil {
@@ -339,7 +423,11 @@ func (c *call) trailer(claim p2p.NodeClaim) error {
 	if err := c.write(p2p.FrameTrailer, t); err != nil {
 		return err
 	}
-	return c.w.Flush()
+	if err := c.w.Flush(); err != nil {
+		return err
+	}
+	c.done = true
+	return nil
 }
 
 // measure folds one call's generation rate into the node's EWMA.
