@@ -247,7 +247,7 @@ func startBootstrap(t *testing.T) string {
 func startGateway(t *testing.T, dir, boot string, platform peer.ID, logs io.Writer) string {
 	t.Helper()
 	h := newHost(t, boot)
-	journal, err := gateway.OpenJournal(filepath.Join(dir, "journal"), nil)
+	journal, err := gateway.OpenJournal(filepath.Join(dir, "journal"))
 	if err != nil {
 		t.Fatal(err)
 	}

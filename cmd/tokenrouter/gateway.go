@@ -36,5 +36,8 @@ call to the least-loaded live node and bills it through the settlement peer.`,
 	f.DurationVar(&o.HeaderTime, "header-timeout", d.HeaderTimeout, "how long a node may take to start answering before another is tried")
 	f.DurationVar(&o.IdleTime, "idle-timeout", d.IdleTimeout, "how long a stream may go without a chunk before it ends with an error event")
 	f.DurationVar(&o.MaxCallTime, "max-call-time", d.MaxCallTime, "how long one call may take in all (504, or an error event on a stream)")
+	f.BoolVar(&o.JournalSyncEach, "journal-sync-each", false,
+		"fsync each call's receipt before answering it; by default receipts are written before the answer and fsync'd within "+
+			gateway.DefaultJournalConfig().SyncInterval.String()+" (a power cut can lose the bills of the last few ms of calls, a crashed process none)")
 	return cmd
 }

@@ -71,7 +71,7 @@ func TestBadClaimSignatureIsNotPaid(t *testing.T) {
 	if err := m.Stop(); err != nil {
 		t.Fatalf("mesh stopped with errors: %v", err)
 	}
-	j, err := gateway.OpenJournal(filepath.Join(m.Dir, "gateway", "journal"), nil)
+	j, err := gateway.OpenJournal(filepath.Join(m.Dir, "gateway", "journal"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -235,6 +235,8 @@ type GatewayOptions struct {
 	HeaderTime  time.Duration // how long a node may take to start answering; 0 = the default
 	MaxCallTime time.Duration // 0 = the default
 	IdleTime    time.Duration // 0 = the default
+	// JournalSyncEach fsyncs each receipt before its call is answered.
+	JournalSyncEach bool
 	// Tune, when set, adjusts the configuration last (tests use it).
 	Tune func(*gateway.Config)
 }
@@ -252,7 +254,9 @@ func Gateway(ctx context.Context, o GatewayOptions) error {
 	}
 	defer h.Close()
 	defer p2p.RemoveRunFiles(o.Data)
-	journal, err := gateway.OpenJournal(filepath.Join(o.Data, "journal"), nil)
+	jcfg := gateway.DefaultJournalConfig()
+	jcfg.SyncEach, jcfg.Logger = o.JournalSyncEach, log
+	journal, err := gateway.OpenJournalConfig(filepath.Join(o.Data, "journal"), jcfg)
 	if err != nil {
 		return err
 	}
