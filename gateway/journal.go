@@ -51,7 +51,7 @@ type Journal struct {
 	syncMu  sync.Mutex
 	synced  uint64 // records known durable
 	syncErr error
-	cond    *sync.Cond // on syncMu: synced moved
+	cond    *sync.Cond    // on syncMu: synced moved
 	wake    chan struct{} // records were written
 	quit    chan struct{} // Close: the sync loop ends
 	stopped chan struct{}
