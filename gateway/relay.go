@@ -312,15 +312,16 @@ func (rl *relay) writeDeadline() {
 	rl.rc.SetWriteDeadline(time.Now().Add(rl.c.g.cfg.WriteTimeout))
 }
 
-// event writes one SSE event (each line of data as a data: field); flush
-// sends it. Events written between two flushes share one write deadline,
-// set by the first of them.
+// event adds one SSE event (each line of data as a data: field) to those
+// the next flush sends. Events written between two flushes share one write
+// to the client and one write deadline: net/http would otherwise write a
+// chunk of the response, and make a syscall, every 4 KiB.
 func (rl *relay) event(data []byte) {
 	if !rl.unflushed {
 		rl.writeDeadline()
 		rl.unflushed = true
 	}
-	b := rl.ev[:0]
+	b := rl.ev
 	for {
 		line, rest, more := bytes.Cut(data, []byte("\n"))
 		b = append(b, "data: "...)
@@ -332,13 +333,23 @@ func (rl *relay) event(data []byte) {
 		data = rest
 	}
 	b = append(b, '\n')
-	rl.c.w.Write(b)
 	rl.ev = b
+	if len(b) >= maxPendingEvents {
+		rl.c.w.Write(b)
+		rl.ev = b[:0]
+	}
 }
+
+// maxPendingEvents bounds the events a relay holds for its next flush.
+const maxPendingEvents = 64 << 10
 
 // flush sends the events written since the last flush.
 func (rl *relay) flush() {
 	if rl.unflushed {
+		if len(rl.ev) > 0 {
+			rl.c.w.Write(rl.ev)
+			rl.ev = rl.ev[:0]
+		}
 		rl.rc.Flush()
 		rl.unflushed = false
 	}

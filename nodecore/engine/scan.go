@@ -345,15 +345,16 @@ func (s *chunkScanner) sep(closer byte) (end bool) {
 // scanner gives up.
 func fieldPlace(place chunkPlace, key []byte, plain bool) (chunkPlace, uint8, string) {
 	var names []string
+	var squashed []int
 	switch place {
 	case placeTop:
-		names = topFields
+		names, squashed = topFields, topSquashed
 	case placeChoice:
-		names = choiceFields
+		names, squashed = choiceFields, choiceSquashed
 	case placeMessage:
-		names = messageFields
+		names, squashed = messageFields, messageSquashed
 	case placeUsage:
-		names = usageFields
+		names, squashed = usageFields, usageSquashed
 	}
 	for i, n := range names {
 		if string(key) == n {
@@ -378,12 +379,36 @@ func fieldPlace(place chunkPlace, key []byte, plain bool) (chunkPlace, uint8, st
 	if !plain {
 		return placeOther, 0x80, ""
 	}
-	for _, n := range names {
-		if looseEqual(key, n) {
+	// Most keys are none of the fields ("system_fingerprint", "role",
+	// "logprobs"): only a name of the same length without '_' and '-'
+	// can be a near miss.
+	k := squashedLen(key)
+	for i, n := range names {
+		if squashed[i] == k && looseEqual(key, n) {
 			return placeOther, 0x80, ""
 		}
 	}
 	return placeOther, 0, ""
+}
+
+// plainByte marks the bytes a string passes as they are: printable ASCII
+// but the quote and the backslash.
+var plainByte = func() (t [256]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+// squashedLen is the length of s without its '_' and '-'.
+func squashedLen[T []byte | string](s T) int {
+	n := len(s)
+	for i := 0; i < len(s); i++ {
+		if s[i] == '_' || s[i] == '-' {
+			n--
+		}
+	}
+	return n
 }
 
 // field notes what ParseChunk reads of a field's value raw, exactly as its
@@ -454,7 +479,18 @@ var (
 	choiceFields  = []string{"text", "delta", "message", "index", "finish_reason"}
 	messageFields = []string{"content", "reasoning_content", "reasoning", "tool_calls"}
 	usageFields   = []string{"prompt_tokens", "completion_tokens", "total_tokens"}
+
+	topSquashed, choiceSquashed    = squashedLens(topFields), squashedLens(choiceFields)
+	messageSquashed, usageSquashed = squashedLens(messageFields), squashedLens(usageFields)
 )
+
+func squashedLens(names []string) []int {
+	out := make([]int, len(names))
+	for i, n := range names {
+		out[i] = squashedLen(n)
+	}
+	return out
+}
 
 // looseEqual reports whether key matches name ignoring ASCII case, '_' and
 // '-': looser than any matching encoding/json does, so a key it rejects is
@@ -488,7 +524,7 @@ func (s *chunkScanner) str() (key []byte, plain bool) {
 	for s.i < len(s.b) {
 		// Most of a string is printable ASCII: pass it in a tight loop.
 		b, i := s.b, s.i
-		for i < len(b) && b[i] >= 0x20 && b[i] < 0x80 && b[i] != '"' && b[i] != '\\' {
+		for i < len(b) && plainByte[b[i]] {
 			i++
 		}
 		s.i = i

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -49,6 +50,8 @@ type call struct {
 	w   *bufio.Writer
 	req p2p.InferRequest
 	gw  string // the calling gateway's peer id, encoded once a stream
+
+	mu sync.Mutex // guards w: a stream's lingering chunks are flushed by a timer
 
 	done bool // the call ended with its trailer: the stream may carry another
 }
@@ -247,7 +250,7 @@ func (c *call) answer(status int, body []byte, nodeFault bool) error {
 	if err := c.write(p2p.FrameData, body); err != nil {
 		return err
 	}
-	return c.w.Flush()
+	return c.flush()
 }
 
 func (c *call) header(status int) error { return c.headerFault(status, false) }
@@ -260,7 +263,16 @@ func (c *call) headerFault(status int, nodeFault bool) error {
 // write buffers one frame; the stream's writes happen when the buffer
 // fills or is flushed (see deadlineWriter).
 func (c *call) write(typ byte, payload []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	return p2p.WriteFrame(c.w, typ, payload)
+}
+
+// flush sends what is buffered.
+func (c *call) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.w.Flush()
 }
 
 // deadlineWriter bounds each write to the stream: a gateway that stops
@@ -325,7 +337,8 @@ func (c *call) relayBody(body io.Reader, request []byte, start time.Time) error 
 // A failure after the first chunk is never relayed as a chunk: the node
 // ends the call Incomplete, and claims only the output it relayed.
 func (c *call) relayStream(ctx context.Context, body io.Reader, request []byte, start time.Time) error {
-	fr := &flushBeforeRead{r: body, w: c.w}
+	fr := &lingerFlusher{r: body, c: c, linger: c.n.cfg.StreamLinger}
+	defer fr.stop()
 	s := engine.NewStream(fr, engine.FillerFor(c.req.Path, true, c.req.RequestID, c.req.Model, start.Unix()))
 	var first, last time.Time
 	sent := false
@@ -333,8 +346,8 @@ func (c *call) relayStream(ctx context.Context, body io.Reader, request []byte, 
 	for {
 		before := s.Chunks
 		chunk, hasUsage, err := s.Next()
-		if fr.err != nil {
-			return fr.err // the gateway is gone
+		if err := fr.failed(); err != nil {
+			return err // the gateway is gone
 		}
 		if err != nil {
 			end = err
@@ -392,25 +405,6 @@ func (c *call) relayStream(ctx context.Context, body io.Reader, request []byte, 
 	return c.trailer(claim)
 }
 
-// flushBeforeRead sends what the node relayed before it waits on the
-// engine for more: chunks the engine already sent go to the gateway in one
-// write, and a chunk that has no successor yet leaves at once.
-type flushBeforeRead struct {
-	r   io.Reader
-	w   *bufio.Writer
-	err error // the flush that failed
-}
-
-func (f *flushBeforeRead) Read(p []byte) (int, error) {
-	if f.w.Buffered() > 0 {
-		if err := f.w.Flush(); err != nil {
-			f.err = err
-			return 0, err
-		}
-	}
-	return f.r.Read(p)
-}
-
 // trailer sends the node's claim for this call, with its MAC for the
 // settlement peer; the node remembers it to sign it again in a batch.
 func (c *call) trailer(claim p2p.NodeClaim) error {
@@ -423,7 +417,7 @@ func (c *call) trailer(claim p2p.NodeClaim) error {
 	if err := c.write(p2p.FrameTrailer, t); err != nil {
 		return err
 	}
-	if err := c.w.Flush(); err != nil {
+	if err := c.flush(); err != nil {
 		return err
 	}
 	c.done = true
