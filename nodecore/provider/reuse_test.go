@@ -17,10 +17,10 @@ import (
 )
 
 // send writes one call's request and body frames on s, as a gateway does.
-func send(t *testing.T, s network.Stream, id, model string, stream bool, body string) {
+func send(t *testing.T, s network.Stream, id, path, model string, stream bool, body string) {
 	t.Helper()
 	w := bufio.NewWriter(s)
-	hdr, _ := json.Marshal(p2p.InferRequest{RequestID: id, Path: "/chat/completions", Model: model, Stream: stream})
+	hdr, _ := json.Marshal(p2p.InferRequest{RequestID: id, Path: path, Model: model, Stream: stream})
 	if err := p2p.WriteFrame(w, p2p.FrameRequest, hdr); err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +57,7 @@ func TestServeCallsOnOneStream(t *testing.T) {
 	for i := range 6 {
 		id := fmt.Sprintf("req_reuse_%d", i)
 		stream := i%2 == 1
-		send(t, s, id, model, stream, chatBody(model, stream))
+		send(t, s, id, "/chat/completions", model, stream, chatBody(model, stream))
 		a := readAnswer(t, r, tn)
 		if a.hdr.Status != 200 || a.trailer == nil || a.trailer.Claim.RequestID != id || a.trailer.Claim.CompletionTokens == 0 {
 			t.Fatalf("call %d on the stream: %+v, trailer %+v", i, a.hdr, a.trailer)
@@ -70,7 +70,7 @@ func TestServeCallsOnOneStream(t *testing.T) {
 		t.Fatalf("engine saw %d calls, want 6", got)
 	}
 	// A refused call (unknown model) is answered, then the node ends the stream.
-	send(t, s, "req_reuse_bad", "no-such-model", false, chatBody("no-such-model", false))
+	send(t, s, "req_reuse_bad", "/chat/completions", "no-such-model", false, chatBody("no-such-model", false))
 	if a := readAnswer(t, r, tn); a.hdr.Status != 404 || a.trailer != nil {
 		t.Fatalf("unknown model: %+v", a.hdr)
 	}
@@ -95,7 +95,7 @@ func TestServeCancelFrame(t *testing.T) {
 	s := tn.stream(t)
 	r := bufio.NewReader(s)
 	long := fmt.Sprintf(`{"model":%q,"stream":true,"max_tokens":50000,"messages":[{"role":"user","content":"go on"}]}`, model)
-	send(t, s, "req_cancel", model, true, long)
+	send(t, s, "req_cancel", "/chat/completions", model, true, long)
 	typ, _, err := p2p.ReadFrame(r, nil, p2p.MaxFrame)
 	if err != nil || typ != p2p.FrameHeader {
 		t.Fatalf("no header: %v %q", err, typ)
@@ -133,7 +133,7 @@ func TestServeCancelFrame(t *testing.T) {
 	if err := tn.claims.Verify(tr.Claim, tr.MAC); err != nil {
 		t.Fatal(err)
 	}
-	send(t, s, "req_after_cancel", model, false, fmt.Sprintf(`{"model":%q,"max_tokens":3,"messages":[{"role":"user","content":"hi"}]}`, model))
+	send(t, s, "req_after_cancel", "/chat/completions", model, false, fmt.Sprintf(`{"model":%q,"max_tokens":3,"messages":[{"role":"user","content":"hi"}]}`, model))
 	if a := readAnswer(t, r, tn); a.hdr.Status != 200 || a.trailer == nil || a.trailer.Claim.RequestID != "req_after_cancel" {
 		t.Fatalf("call after a cancel: %+v", a.hdr)
 	}
@@ -164,7 +164,7 @@ func TestServeStreamLinger(t *testing.T) {
 	s := tn.stream(t)
 	r := bufio.NewReader(s)
 	start := time.Now()
-	send(t, s, "req_linger", "m", true, chatBody("m", true))
+	send(t, s, "req_linger", "/chat/completions", "m", true, chatBody("m", true))
 	var at []time.Duration // when each content chunk arrived
 	for {
 		typ, _, err := p2p.ReadFrame(r, nil, p2p.MaxFrame)

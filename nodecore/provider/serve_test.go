@@ -124,28 +124,12 @@ var reqSeq struct {
 // open sends the request and body frames and returns the stream.
 func (tn *testNode) open(t *testing.T, path, headerModel string, stream bool, body string) network.Stream {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := tn.gw.NewStream(ctx, tn.cfg.Host.ID(), p2p.ProtoInfer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.SetDeadline(time.Now().Add(10 * time.Second))
+	s := tn.stream(t)
 	reqSeq.Lock()
 	reqSeq.n++
 	id := fmt.Sprintf("req_%d", reqSeq.n)
 	reqSeq.Unlock()
-	w := bufio.NewWriter(s)
-	hdr, _ := json.Marshal(p2p.InferRequest{RequestID: id, Path: path, Model: headerModel, Stream: stream})
-	if err := p2p.WriteFrame(w, p2p.FrameRequest, hdr); err != nil {
-		t.Fatal(err)
-	}
-	if err := p2p.WriteFrame(w, p2p.FrameBody, []byte(body)); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	send(t, s, id, path, headerModel, stream, body)
 	return s
 }
 
