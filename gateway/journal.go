@@ -22,8 +22,11 @@ import (
 // settlement outage, loses no bill.
 //
 // It is an append-only log (receipts.log; gateways before it kept a Pebble
-// store in the same directory, whose receipts the protocol no longer takes): a record for each receipt put,
-// each batch settlement acknowledged and each receipt it refused. Put
+// store in the same directory, whose receipts the protocol no longer takes):
+// a record for each receipt put and for each batch settlement acknowledged
+// or refused. Refused receipts are also appended to refused.log (a JSON
+// line each, with the reason) for the operator; the log itself only keeps
+// what is pending, and is rewritten once it is mostly settled. Put
 // writes its record to the file (a write(2), into the kernel's page cache)
 // before it returns, so a gateway process that dies at any point after
 // answering a call has that call's receipt on disk. The fsync that makes
@@ -44,9 +47,9 @@ type Journal struct {
 	closed  bool
 	size    int64             // bytes in the file
 	live    map[string][]byte // request id -> its put record's payload, pending
-	refused int               // refused records in the file
+	liveLen int64             // the bytes of their payloads
 	written uint64            // records written
-	failed  error             // a write that failed: the file's tail is unknown
+	failed  error             // the file could not be repaired after a failed write
 
 	syncMu  sync.Mutex
 	synced  uint64 // records known durable
@@ -82,9 +85,8 @@ func DefaultJournalConfig() JournalConfig {
 
 // Record kinds.
 const (
-	recPut     = 'P' // payload: the receipt (a one-receipt ReceiptBatch, binary)
-	recDone    = 'D' // payload: request ids settled (uvarint length + bytes, repeated)
-	recRefused = 'X' // payload: JSON {receipt, reason}
+	recPut  = 'P' // payload: the receipt (a one-receipt ReceiptBatch, binary)
+	recDone = 'D' // payload: request ids resolved (uvarint length + bytes, repeated)
 )
 
 // A record is: uvarint length of kind+payload, CRC-32C of kind+payload
@@ -94,8 +96,11 @@ var crcTable = crc32.MakeTable(crc32.Castagnoli)
 // maxRecord bounds one record (a Done record lists at most a batch).
 const maxRecord = 64 << 20
 
-// journalFile is the log's name in the journal's directory.
-const journalFile = "receipts.log"
+// Files in the journal's directory.
+const (
+	journalFile = "receipts.log"
+	refusedFile = "refused.log"
+)
 
 // ErrJournalClosed is returned by writes after Close.
 var ErrJournalClosed = errors.New("gateway: receipt journal closed")
@@ -186,32 +191,40 @@ func (j *Journal) apply(kind byte, payload []byte) error {
 		if err != nil {
 			return err
 		}
-		j.live[r.RequestID] = bytes.Clone(payload)
+		j.setLive(r.RequestID, bytes.Clone(payload))
 	case recDone:
 		for len(payload) > 0 {
 			n, k := binary.Uvarint(payload)
 			if k <= 0 || uint64(len(payload)-k) < n {
 				return errors.New("damaged done record")
 			}
-			delete(j.live, string(payload[k:k+int(n)]))
+			j.forget(string(payload[k : k+int(n)]))
 			payload = payload[k+int(n):]
 		}
-	case recRefused:
-		var x refusedRecord
-		if err := json.Unmarshal(payload, &x); err != nil || x.Receipt == nil {
-			return fmt.Errorf("damaged refused record: %v", err)
-		}
-		delete(j.live, x.Receipt.RequestID)
-		j.refused++
 	default:
 		return fmt.Errorf("unknown record kind %q", kind)
 	}
 	return nil
 }
 
+// setLive and forget keep live and liveLen together.
+func (j *Journal) setLive(id string, payload []byte) {
+	j.forget(id)
+	j.live[id] = payload
+	j.liveLen += int64(len(payload))
+}
+
+func (j *Journal) forget(id string) {
+	if p, ok := j.live[id]; ok {
+		j.liveLen -= int64(len(p))
+		delete(j.live, id)
+	}
+}
+
 type refusedRecord struct {
 	Receipt *p2p.Receipt `json:"receipt"`
 	Reason  string       `json:"reason"`
+	TimeMs  int64        `json:"time_ms"`
 }
 
 func encodeReceipt(r *p2p.Receipt) ([]byte, error) {
@@ -251,10 +264,13 @@ func (j *Journal) write(kind byte, payload []byte) (uint64, error) {
 	}
 	rec := appendRecord(make([]byte, 0, len(payload)+16), kind, payload)
 	if _, err := j.f.Write(rec); err != nil {
-		// A short write leaves a torn record the next open drops; nothing
-		// after it could be read back, so nothing more is written.
-		j.failed = fmt.Errorf("gateway: receipt journal write failed: %w", err)
-		return 0, j.failed
+		// Cut off what part of the record was written, so later records can
+		// be read back; if that fails too, nothing more is written.
+		if terr := j.f.Truncate(j.size); terr != nil {
+			j.failed = fmt.Errorf("gateway: receipt journal write failed and cannot be repaired: %w", errors.Join(err, terr))
+			return 0, j.failed
+		}
+		return 0, fmt.Errorf("gateway: receipt journal write failed: %w", err)
 	}
 	j.size += int64(len(rec))
 	j.written++
@@ -278,7 +294,7 @@ func (j *Journal) Put(r *p2p.Receipt) error {
 	j.mu.Lock()
 	n, err := j.write(recPut, payload)
 	if err == nil {
-		j.live[r.RequestID] = payload
+		j.setLive(r.RequestID, payload)
 	}
 	j.mu.Unlock()
 	if err != nil || !j.cfg.SyncEach {
@@ -305,29 +321,42 @@ func (j *Journal) Done(requestIDs ...string) error {
 		return err
 	}
 	for _, id := range requestIDs {
-		delete(j.live, id)
+		j.forget(id)
 	}
 	return j.maybeCompact()
 }
 
 // Refused moves a receipt settlement refused on its merits out of the
-// pending set, keeping it in the file for the operator to inspect.
+// pending set, adding it to refused.log for the operator to inspect.
 func (j *Journal) Refused(r *p2p.Receipt, reason string) error {
 	if j == nil {
 		return nil
 	}
-	payload, err := json.Marshal(refusedRecord{r, reason})
+	line, err := json.Marshal(refusedRecord{r, reason, time.Now().UnixMilli()})
 	if err != nil {
 		return err
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if _, err := j.write(recRefused, payload); err != nil {
+	if j.closed {
+		return ErrJournalClosed
+	}
+	// Kept first, then resolved: a crash in between only sends it again.
+	f, err := os.OpenFile(filepath.Join(filepath.Dir(j.path), refusedFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("gateway: refused receipts file: %w", err)
+	}
+	_, err = f.Write(append(line, '\n'))
+	if err = errors.Join(err, f.Close()); err != nil {
+		return fmt.Errorf("gateway: refused receipts file: %w", err)
+	}
+	payload := binary.AppendUvarint(nil, uint64(len(r.RequestID)))
+	payload = append(payload, r.RequestID...)
+	if _, err := j.write(recDone, payload); err != nil {
 		return err
 	}
-	delete(j.live, r.RequestID)
-	j.refused++
-	return nil
+	j.forget(r.RequestID)
+	return j.maybeCompact()
 }
 
 // Pending returns every receipt not yet acknowledged.
@@ -348,23 +377,15 @@ func (j *Journal) Pending() ([]*p2p.Receipt, error) {
 	return out, nil
 }
 
-// maybeCompact rewrites the file with only the pending receipts (and the
-// refused ones, kept for inspection) once it is large and mostly settled.
-// The caller holds j.mu.
+// maybeCompact rewrites the file with only the pending receipts once it
+// is large and mostly settled. The caller holds j.mu.
 func (j *Journal) maybeCompact() error {
-	if j.size < j.cfg.CompactAt || int64(len(j.live)+j.refused)*512 > j.size/2 {
-		return nil
+	if j.size < j.cfg.CompactAt || j.liveLen+16*int64(len(j.live)) > j.size/2 {
+		return nil // small, or mostly pending (settlement is away): rewriting would not pay
 	}
-	refused, err := j.refusedRecords()
-	if err != nil {
-		return err
-	}
-	var buf []byte
+	buf := make([]byte, 0, j.liveLen+16*int64(len(j.live)))
 	for _, payload := range j.live {
 		buf = appendRecord(buf, recPut, payload)
-	}
-	for _, payload := range refused {
-		buf = appendRecord(buf, recRefused, payload)
 	}
 	tmp := j.path + ".tmp"
 	if err := writeSynced(tmp, buf); err != nil {
@@ -388,26 +409,6 @@ func (j *Journal) maybeCompact() error {
 	j.cond.Broadcast()
 	j.syncMu.Unlock()
 	return nil
-}
-
-// refusedRecords reads the refused records back from the file.
-func (j *Journal) refusedRecords() ([][]byte, error) {
-	data, err := os.ReadFile(j.path)
-	if err != nil {
-		return nil, err
-	}
-	var out [][]byte
-	for len(data) > 0 {
-		kind, payload, n := readRecord(data)
-		if n == 0 {
-			break
-		}
-		if kind == recRefused {
-			out = append(out, payload)
-		}
-		data = data[n:]
-	}
-	return out, nil
 }
 
 func writeSynced(path string, data []byte) error {

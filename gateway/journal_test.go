@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -78,9 +80,31 @@ func TestJournalReopen(t *testing.T) {
 	if r := rs[0]; r.Claim.CompletionTokens != 5 || string(r.NodeMAC) != "\x01\x02\x03" || r.Hold != "hold_1" {
 		t.Fatalf("receipt read back as %+v", r)
 	}
-	if fi, err := os.Stat(filepath.Join(dir, journalFile)); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("journal file: %v %v", fi, err)
+	for _, f := range []string{journalFile, refusedFile} {
+		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v", f, fi, err)
+		}
 	}
+	if lines := refusedLines(t, dir); len(lines) != 1 || lines[0].Receipt.RequestID != "req_2" || lines[0].Reason != "bad MAC" {
+		t.Fatalf("refused.log: %+v", lines)
+	}
+}
+
+func refusedLines(t *testing.T, dir string) []refusedRecord {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, refusedFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []refusedRecord
+	for _, line := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
+		var r refusedRecord
+		if err := json.Unmarshal(line, &r); err != nil {
+			t.Fatalf("refused.log line %q: %v", line, err)
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // Put has written its record to the file when it returns: a second reader
@@ -172,17 +196,22 @@ func TestJournalSync(t *testing.T) {
 }
 
 // Once the file is large and mostly settled it is rewritten with only the
-// pending and refused receipts.
+// pending receipts; refused ones stay in refused.log.
 func TestJournalCompaction(t *testing.T) {
 	dir := t.TempDir()
 	j := openTestJournal(t, dir, func(c *JournalConfig) { c.CompactAt = 64 << 10 })
-	j.Refused(testReceipt("refused"), "bad")
 	for i := range 2000 {
 		id := fmt.Sprintf("req_%d", i)
 		if err := j.Put(testReceipt(id)); err != nil {
 			t.Fatal(err)
 		}
-		if i%100 != 0 { // every hundredth stays pending
+		switch {
+		case i%100 == 0: // every hundredth stays pending
+		case i%10 == 0:
+			if err := j.Refused(testReceipt(id), "bad"); err != nil {
+				t.Fatal(err)
+			}
+		default:
 			if err := j.Done(id); err != nil {
 				t.Fatal(err)
 			}
@@ -195,8 +224,11 @@ func TestJournalCompaction(t *testing.T) {
 	}
 	j = openTestJournal(t, dir, nil)
 	defer j.Close()
-	if got := pendingIDs(t, j); len(got) != 20 || j.refused != 1 {
-		t.Fatalf("after compaction: %d pending (%v), %d refused", len(got), got, j.refused)
+	if got := pendingIDs(t, j); len(got) != 20 {
+		t.Fatalf("after compaction: %d pending (%v)", len(got), got)
+	}
+	if n := len(refusedLines(t, dir)); n != 180 {
+		t.Fatalf("refused.log holds %d receipts, want 180", n)
 	}
 }
 

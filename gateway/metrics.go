@@ -32,7 +32,7 @@ func newMetrics(reg *prometheus.Registry) metrics {
 			Name: "tokenrouter_gateway_charged_ucr_total", Help: "Micro-credits charged on receipts this gateway signed.",
 		}),
 		receipts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tokenrouter_gateway_receipts_total", Help: "Receipt deliveries by outcome (applied, duplicate, rejected, retry).",
+			Name: "tokenrouter_gateway_receipts_total", Help: "Receipt deliveries by outcome (applied, duplicate, rejected, retry; unjournaled: the journal could not keep it).",
 		}, []string{"outcome"}),
 		receiptsPending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tokenrouter_gateway_receipts_pending", Help: "Receipts waiting for the settlement peer.",

@@ -277,8 +277,9 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 		h         p2p.InferHeader
 		stopReset func() bool
 	)
+	fresh := false // a pooled stream failed: the retry opens a new one
 	for {
-		st, reused, err := g.streams.get(ctx, node, time.Now())
+		st, reused, err := g.streams.get(ctx, node, time.Now(), fresh)
 		if err != nil {
 			return 0, &attemptError{err: err}
 		}
@@ -295,6 +296,7 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 		p2p.PutReader(br)
 		st.Reset()
 		if reused && ctx.Err() == nil && !isTimeout(err) {
+			fresh = true
 			continue // a pooled stream that died while idle says nothing of the node
 		}
 		return 0, &attemptError{err: err}

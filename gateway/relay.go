@@ -153,8 +153,12 @@ func (rl *relay) stream() (int, *attemptError) {
 	}
 	if !rl.disarm() || c.r.Context().Err() != nil {
 		c.outcome = route.Neutral
-		return 499, nil // the client left before its first byte: nothing served, nothing billed
+		rl.s.Reset() // the node stops; nothing served, nothing billed
+		return 499, nil
 	}
+	// The stream's write deadline was the header's; from here the gateway
+	// writes to the node only to cancel, under a deadline of its own.
+	rl.s.SetWriteDeadline(time.Time{})
 	h := c.w.Header()
 	h.Set(HeaderNode, rl.nodeID)
 	h.Set("Content-Type", "text/event-stream")
@@ -174,6 +178,7 @@ func (rl *relay) stream() (int, *attemptError) {
 		select {
 		case <-c.r.Context().Done():
 			gone.Store(true)
+			rl.s.SetWriteDeadline(time.Now().Add(stopGrace))
 			rl.s.Write(cancelFrame)
 			rl.s.SetReadDeadline(time.Now().Add(stopGrace))
 		case <-done:
@@ -232,6 +237,9 @@ func (rl *relay) stream() (int, *attemptError) {
 			rl.flush()
 			if !gone.Load() {
 				rl.s.SetReadDeadline(earliest(time.Now().Add(g.cfg.IdleTimeout), rl.deadline))
+				if gone.Load() { // the client left meanwhile: its grace, not the idle timeout
+					rl.s.SetReadDeadline(time.Now().Add(stopGrace))
+				}
 			}
 		}
 		buf = payload[:0]

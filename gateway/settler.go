@@ -64,8 +64,10 @@ func (s *settler) resume() error {
 // submit journals a signed receipt and queues it for delivery.
 func (s *settler) submit(r *p2p.Receipt) {
 	if err := s.journal.Put(r); err != nil {
-		// Still deliver it; the operator must know the journal failed.
-		s.log.Error("receipt journal write failed", "request", r.RequestID, "err", err)
+		// Still deliver it; the operator must know the journal failed: a
+		// crash now would lose this bill.
+		s.metrics.receipts.WithLabelValues("unjournaled").Inc()
+		s.log.Error("receipt journal write failed; the receipt is only in memory until settled", "request", r.RequestID, "err", err)
 	}
 	s.mu.Lock()
 	if len(s.queue) == 0 {

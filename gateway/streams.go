@@ -39,31 +39,35 @@ type streamPool struct {
 	open    streamOpener
 	metrics metrics
 
-	mu   sync.Mutex
-	idle map[peer.ID][]idleStream
+	mu     sync.Mutex
+	idle   map[peer.ID][]idleStream
+	closed bool // the pool stopped: streams given back are closed
 }
 
 func newStreamPool(open streamOpener, m metrics) *streamPool {
 	return &streamPool{open: open, metrics: m, idle: map[peer.ID][]idleStream{}}
 }
 
-// get returns an idle stream to node, or a new one; reused says which. A
-// reused stream may have died since (its connection closed, the node gave
-// up on it): a call that fails on one before any answer tries a new one.
-func (p *streamPool) get(ctx context.Context, node peer.ID, now time.Time) (s network.Stream, reused bool, err error) {
+// get returns an idle stream to node, or a new one (always a new one when
+// fresh); reused says which. A reused stream may have died since (its
+// connection closed, the node gave up on it): a call that fails on one
+// before any answer tries a new one.
+func (p *streamPool) get(ctx context.Context, node peer.ID, now time.Time, fresh bool) (s network.Stream, reused bool, err error) {
+	var stale []network.Stream
 	p.mu.Lock()
 	list := p.idle[node]
-	for len(list) > 0 {
+	for !fresh && len(list) > 0 {
 		last := list[len(list)-1] // the most recent: the least likely to have timed out
 		list = list[:len(list)-1]
 		if now.Sub(last.since) < streamIdle {
 			s = last.s
 			break
 		}
-		last.s.Close()
+		stale = append(stale, last.s)
 	}
 	p.setIdle(node, list)
 	p.mu.Unlock()
+	closeAll(stale)
 	if s != nil {
 		p.metrics.streams.WithLabelValues("reused").Inc()
 		return s, true, nil
@@ -79,12 +83,13 @@ func (p *streamPool) get(ctx context.Context, node peer.ID, now time.Time) (s ne
 func (p *streamPool) put(node peer.ID, s network.Stream, now time.Time) {
 	s.SetDeadline(time.Time{})
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.idle[node]) >= maxIdleStreams {
+	if p.closed || len(p.idle[node]) >= maxIdleStreams {
+		p.mu.Unlock()
 		s.Close()
 		return
 	}
 	p.idle[node] = append(p.idle[node], idleStream{s, now})
+	p.mu.Unlock()
 }
 
 func (p *streamPool) setIdle(node peer.ID, list []idleStream) {
@@ -97,29 +102,41 @@ func (p *streamPool) setIdle(node peer.ID, list []idleStream) {
 
 // expire closes the streams idle for streamIdle or more.
 func (p *streamPool) expire(now time.Time) {
+	var stale []network.Stream
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	for node, list := range p.idle {
 		kept := list[:0]
 		for _, st := range list {
 			if now.Sub(st.since) < streamIdle {
 				kept = append(kept, st)
 			} else {
-				st.s.Close()
+				stale = append(stale, st.s)
 			}
 		}
 		clear(list[len(kept):])
 		p.setIdle(node, kept)
 	}
+	p.mu.Unlock()
+	closeAll(stale) // outside the lock: a close may wait on the connection
 }
 
-// run expires idle streams until ctx ends, then closes them all.
+func closeAll(streams []network.Stream) {
+	for _, s := range streams {
+		s.Close()
+	}
+}
+
+// run expires idle streams until ctx ends, then closes them all; streams
+// given back after that (calls still draining) are closed.
 func (p *streamPool) run(ctx context.Context) {
 	t := time.NewTicker(streamIdle / 3)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			p.mu.Lock()
+			p.closed = true
+			p.mu.Unlock()
 			p.expire(time.Now().Add(streamIdle))
 			return
 		case now := <-t.C:

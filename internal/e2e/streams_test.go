@@ -308,7 +308,7 @@ func TestClientLeavingKeepsStreamUsable(t *testing.T) {
 	addNode(t, m, probe.srv.URL, 2)
 	key := newAccount(t, m)
 
-	left := leaveStreamAfter5(t, m, probe, key)
+	left := leaveStreamAfter(t, m, probe, key, 5)
 	// The gateway bills a call once its stream is released: once the call
 	// counts, the stream is back in the pool or closed.
 	spent := checkBilledForFew(t, m, key)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -583,7 +584,7 @@ func TestClientDisconnectStopsGeneration(t *testing.T) {
 	probe := newEngineProbe(t, "paced-1", 20, 0)
 	addNode(t, m, probe.srv.URL, 2)
 	key := newAccount(t, m)
-	left := leaveStreamAfter5(t, m, probe, key)
+	left := leaveStreamAfter(t, m, probe, key, 5)
 	if stopped := probe.lastEnd().Sub(left); stopped > time.Second {
 		t.Fatalf("the engine went on for %s after the client left", stopped)
 	}
@@ -591,13 +592,37 @@ func TestClientDisconnectStopsGeneration(t *testing.T) {
 	t.Logf("engine stopped %s after the client left; billed %d µcr", probe.lastEnd().Sub(left), spent)
 }
 
+// A client that leaves a stream after the node's time to start answering
+// (--header-timeout) has passed still stops the node at once and pays for
+// what it got: the cancel the gateway sends has a write deadline of its
+// own, not the header's long gone one.
+func TestClientLeavingLateStopsGeneration(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	m, err := launch.StartMesh(ctx, launch.MeshOptions{Dir: t.TempDir(), Nodes: 1, Logger: log,
+		Gateway: func(o *launch.GatewayOptions) { o.HeaderTime = 300 * time.Millisecond }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Stop() })
+	probe := newEngineProbe(t, "paced-1", 20, 0)
+	addNode(t, m, probe.srv.URL, 2)
+	key := newAccount(t, m)
+	left := leaveStreamAfter(t, m, probe, key, 12) // 12 tokens at 20 tok/s: 0.6 s, past the 0.3 s
+	if stopped := probe.lastEnd().Sub(left); stopped > time.Second {
+		t.Fatalf("the engine went on for %s after the client left", stopped)
+	}
+	checkBilledForFew(t, m, key)
+}
+
 // pacedStreamBody asks probe's paced-1 for a long streamed answer.
 const pacedStreamBody = `{"model":"paced-1","messages":[{"role":"user","content":"go"}],"max_tokens":2000,"stream":true}`
 
-// leaveStreamAfter5 starts a long streamed call to paced-1 with key, reads
-// 5 events while the engine generates, leaves, and waits (up to 5 s) for the
-// engine to stop; it returns when the client left.
-func leaveStreamAfter5(t *testing.T, m *launch.Mesh, probe *engineProbe, key string) time.Time {
+// leaveStreamAfter starts a long streamed call to paced-1 with key, reads
+// events (a handful) while the engine generates, leaves, and waits (up to
+// 5 s) for the engine to stop; it returns when the client left.
+func leaveStreamAfter(t *testing.T, m *launch.Mesh, probe *engineProbe, key string, events int) time.Time {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -613,12 +638,12 @@ func leaveStreamAfter5(t *testing.T, m *launch.Mesh, probe *engineProbe, key str
 	}
 	sc := bufio.NewScanner(resp.Body)
 	read := 0
-	for read < 5 && sc.Scan() {
+	for read < events && sc.Scan() {
 		if strings.HasPrefix(sc.Text(), "data: ") {
 			read++
 		}
 	}
-	if read != 5 || probe.active.Load() != 1 {
+	if read != events || probe.active.Load() != 1 {
 		t.Fatalf("read %d events; the engine is generating: %v", read, probe.active.Load() == 1)
 	}
 	left := time.Now()
@@ -633,8 +658,8 @@ func leaveStreamAfter5(t *testing.T, m *launch.Mesh, probe *engineProbe, key str
 	return left
 }
 
-// checkBilledForFew checks key's one call (left after about 5 tokens) was
-// billed for a few tokens, not the 2000 asked; it returns what it cost.
+// checkBilledForFew checks key's one call (left after a handful of tokens)
+// was billed for a few tokens, not the 2000 asked; it returns what it cost.
 func checkBilledForFew(t *testing.T, m *launch.Mesh, key string) int64 {
 	t.Helper()
 	a := waitCalls(t, m.GatewayURL, key, 1)
