@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
-	"log/slog"
 	"path/filepath"
 	"testing"
 
@@ -26,15 +25,9 @@ func TestBadClaimSignatureIsNotPaid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	m, err := launch.StartMesh(ctx, launch.MeshOptions{Dir: t.TempDir(), Nodes: 1, Logger: log,
+	m := startMeshWith(t, launch.MeshOptions{Nodes: 1,
 		Node: func(_ int, c *provider.Config) { c.ClaimKey = wrong }})
-	if err != nil {
-		t.Fatalf("start mesh: %v", err)
-	}
-	t.Cleanup(func() { m.Stop() })
+	ctx := context.Background()
 	before := getAccount(t, m.GatewayURL, m.DemoKey)
 	c := client(t, m, m.DemoKey)
 	const calls = 3

@@ -25,10 +25,22 @@ import (
 
 func startMesh(t *testing.T, nodes int) *launch.Mesh {
 	t.Helper()
+	return startMeshWith(t, launch.MeshOptions{Nodes: nodes})
+}
+
+// startMeshWith starts a mesh with o, in a temporary directory and logging
+// warnings to the test log unless o says otherwise; it stops with the test.
+func startMeshWith(t *testing.T, o launch.MeshOptions) *launch.Mesh {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	m, err := launch.StartMesh(ctx, launch.MeshOptions{Dir: t.TempDir(), Nodes: nodes, Rate: 0, Logger: log})
+	if o.Dir == "" {
+		o.Dir = t.TempDir()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	m, err := launch.StartMesh(ctx, o)
 	if err != nil {
 		t.Fatalf("start mesh: %v", err)
 	}

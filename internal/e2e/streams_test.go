@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -191,12 +190,9 @@ func TestStreamsAreReused(t *testing.T) {
 // the next call finds that out on it, goes on on a new stream, and succeeds
 // without counting an upstream failure or parking the node.
 func TestDeadPooledStreamIsRetried(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	hosts := make(chan *p2p.Host, 1)
-	m, err := launch.StartMesh(ctx, launch.MeshOptions{
-		Dir: t.TempDir(), Nodes: 1, Logger: log,
+	m := startMeshWith(t, launch.MeshOptions{
+		Nodes: 1,
 		Gateway: func(o *launch.GatewayOptions) {
 			o.Tune = func(c *gateway.Config) { hosts <- c.Host }
 		},
@@ -205,10 +201,6 @@ func TestDeadPooledStreamIsRetried(t *testing.T) {
 		// test need not wait the default 3 s heartbeat.
 		Node: func(_ int, c *provider.Config) { c.Announce, c.Heartbeat = 100*time.Millisecond, 200*time.Millisecond },
 	})
-	if err != nil {
-		t.Fatalf("start mesh: %v", err)
-	}
-	t.Cleanup(func() { m.Stop() })
 	gw := <-hosts
 	node, err := peer.Decode(m.NodeIDs[0])
 	if err != nil {

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -597,15 +596,8 @@ func TestClientDisconnectStopsGeneration(t *testing.T) {
 // what it got: the cancel the gateway sends has a write deadline of its
 // own, not the header's long gone one.
 func TestClientLeavingLateStopsGeneration(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	m, err := launch.StartMesh(ctx, launch.MeshOptions{Dir: t.TempDir(), Nodes: 1, Logger: log,
+	m := startMeshWith(t, launch.MeshOptions{Nodes: 1,
 		Gateway: func(o *launch.GatewayOptions) { o.HeaderTime = 300 * time.Millisecond }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Stop() })
 	probe := newEngineProbe(t, "paced-1", 20, 0)
 	addNode(t, m, probe.srv.URL, 2)
 	key := newAccount(t, m)
