@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -387,13 +388,38 @@ func splitUsage(chunk []byte) (rest []byte, usage json.RawMessage, err error) {
 	if err := json.Unmarshal(chunk, &obj); err != nil {
 		return nil, nil, err
 	}
-	usage = obj["usage"]
+	usage = takeUsage(chunk, obj)
 	var choices []json.RawMessage
 	if json.Unmarshal(obj["choices"], &choices) == nil && len(choices) > 0 {
-		delete(obj, "usage")
 		rest, err = json.Marshal(obj)
 	}
 	return rest, usage, err
+}
+
+// takeUsage returns the usage of the JSON object body, decoded as obj, as
+// encoding/json reads it (and the node read it): the last of the keys that
+// fold to "usage" ("Usage", "USAGE"), and removes every such key from obj.
+// Only the billed usage then reaches the client: a Go client would read an
+// engine's "Usage" left beside it as the answer's usage.
+func takeUsage(body []byte, obj map[string]json.RawMessage) json.RawMessage {
+	usage := obj["usage"]
+	folded := false
+	for k := range obj {
+		if k != "usage" && strings.EqualFold(k, "usage") {
+			folded = true
+			delete(obj, k)
+		}
+	}
+	delete(obj, "usage")
+	if folded {
+		var u struct {
+			Usage json.RawMessage `json:"usage"`
+		}
+		if json.Unmarshal(body, &u) == nil {
+			return u.Usage
+		}
+	}
+	return usage
 }
 
 // usageChunk is the last streamed chunk a client that asked for usage gets:
@@ -467,7 +493,7 @@ func withCostDecoded(body []byte, prompt, completion, cost int64, estimated bool
 	if obj == nil {
 		return nil, errors.New("the answer is null, not an object")
 	}
-	usage, err := billedUsage(obj["usage"], prompt, completion, cost, estimated)
+	usage, err := billedUsage(takeUsage(body, obj), prompt, completion, cost, estimated)
 	if err != nil {
 		return nil, err
 	}

@@ -175,8 +175,9 @@ func skipValue(b []byte, i int) int {
 // top-level keys of the JSON object b, {-1,-1} for a key it lacks, so a
 // caller can replace a few fields without decoding the rest. ok is false
 // when b is not an object the scan can follow, or when one of the keys is
-// given twice or spelled with escapes: then only a decoder knows which
-// value counts. It does not validate scalars or the inside of strings.
+// given twice, spelled with escapes or in another case ("Usage", which Go's
+// encoding/json reads as "usage"): then only a decoder knows which value
+// counts. It does not validate scalars or the inside of strings.
 func FieldSpans(b []byte, keys ...string) (spans [][2]int, ok bool) {
 	spans = make([][2]int, len(keys))
 	for i := range spans {
@@ -190,6 +191,8 @@ func FieldSpans(b []byte, keys ...string) (spans [][2]int, ok bool) {
 					unique = false
 				}
 				spans[i] = [2]int{s, e}
+			} else if bytes.EqualFold(k, []byte(key)) {
+				unique = false // the same key to a decoder that folds case
 			}
 		}
 	})

@@ -29,3 +29,26 @@ func TestEscapedKeysAreTheirDecodedSelves(t *testing.T) {
 		t.Fatalf("filled a field that was there: %s", got)
 	}
 }
+
+// FieldSpans gives up (ok false) wherever a decoder could pick another
+// value than the exact key's: a key given twice, written with escapes, or
+// in another case, which Go's encoding/json folds to the same field
+// ("usAge", and "uſage" with a long s).
+func TestFieldSpansLeavesAmbiguousKeysToADecoder(t *testing.T) {
+	spans, ok := FieldSpans([]byte(`{"choices":[1], "usage" :{"a":1},"x":2}`), "usage", "choices", "id")
+	if !ok || spans[0] != [2]int{25, 32} || spans[1] != [2]int{11, 14} || spans[2] != [2]int{-1, -1} {
+		t.Fatalf("spans %v ok %v", spans, ok)
+	}
+	for _, b := range []string{
+		`{"usage":{},"usage":null}`,
+		`{"us\u0061ge":{}}`,
+		`{"usage":{},"usAge":{"prompt_tokens":1}}`,
+		`{"USAGE":{}}`,
+		`{"uſage":{}}`,
+		`{"usage":{}`,
+	} {
+		if spans, ok := FieldSpans([]byte(b), "usage"); ok {
+			t.Errorf("FieldSpans(%s) = %v, want a decoder to decide", b, spans)
+		}
+	}
+}
