@@ -71,6 +71,17 @@ func (rl *relay) billed(cl p2p.NodeClaim, completion int64, out delivery) (int64
 	return prompt, capped
 }
 
+// charge bills the node's claim t for a stream: completion tokens (already
+// capped by the caller for a cut stream) within what billed() allows.
+func (rl *relay) charge(t *p2p.Trailer, completion int64, out delivery) (prompt, billedCompletion, cost int64) {
+	c := rl.c
+	prompt, completion = rl.billed(t.Claim, completion, out)
+	price := c.g.price(c.meta.Model)
+	cost = economy.Cost(price, prompt, completion)
+	c.bill(rl, t, prompt, completion, price, cost)
+	return prompt, completion, cost
+}
+
 // delivery is the generated output that reached the client.
 type delivery struct {
 	chunks int64 // streamed chunks carrying output
@@ -192,6 +203,7 @@ func (rl *relay) stream() (int, *attemptError) {
 		out         delivery
 		usage       json.RawMessage // the engine's usage object
 		trailer     *p2p.Trailer
+		checkpoint  *p2p.Trailer // the node's latest claim during the stream
 		broken      error
 		buf         []byte
 		first, last time.Time
@@ -224,6 +236,8 @@ func (rl *relay) stream() (int, *attemptError) {
 			if rest != nil {
 				deliver(rest)
 			}
+		case p2p.FrameClaim: // the node's claim so far, billed if no trailer comes
+			checkpoint, broken = rl.readTrailer(payload)
 		case p2p.FrameTrailer:
 			trailer, broken = rl.readTrailer(payload)
 		default:
@@ -260,8 +274,14 @@ func (rl *relay) stream() (int, *attemptError) {
 		g.log.Warn("stream broke after the first byte", "request", c.id, "node", rl.node.String(), "err", broken)
 	}
 	if trailer == nil {
-		// No claim from the node: nothing can be billed that it did not sign.
 		rl.s.Reset()
+		// The node's last claim during the stream is billed, capped by the
+		// output delivered; with none (the stream broke in its first
+		// second), nothing can be billed that the node did not vouch for.
+		if checkpoint != nil {
+			cl := checkpoint.Claim
+			rl.charge(checkpoint, min(cl.CompletionTokens, out.chunks), out)
+		}
 		if !clientGone {
 			code, msg := "upstream_failed", "the serving node failed mid-stream; the answer is incomplete"
 			if isTimeout(broken) {
@@ -285,11 +305,8 @@ func (rl *relay) stream() (int, *attemptError) {
 	if clientGone || cl.Incomplete || usage == nil && !cl.Estimated {
 		completion = min(completion, out.chunks)
 	}
-	prompt, completion := rl.billed(cl, completion, out)
-	price := g.price(c.meta.Model)
-	cost := economy.Cost(price, prompt, completion)
 	c.nodeDone()
-	c.bill(rl, trailer, prompt, completion, price, cost) // durable before the stream's last word
+	prompt, completion, cost := rl.charge(trailer, completion, out) // durable before the stream's last word
 	if !clientGone {
 		switch {
 		case cl.Incomplete:

@@ -19,6 +19,7 @@ const (
 	FrameData    = 'D' // node -> gateway: a response body, or one SSE data payload
 	FrameUsage   = 'U' // node -> gateway: the streamed chunk that carries usage
 	FrameTrailer = 'T' // node -> gateway: Trailer (JSON), always last on success
+	FrameClaim   = 'K' // node -> gateway: Trailer (JSON) for a stream's output so far, now and then; billed if no trailer comes
 	FrameCancel  = 'C' // gateway -> node: stop the call in progress (its client left); no payload
 	FrameJSON    = 'J' // settle protocol: one JSON message
 )

@@ -33,9 +33,15 @@ const CharsPerToken = 4
 // gateway lets a node bill: a token per byte of the request, and a token
 // per byte (or per content chunk) delivered.
 func EstimateUsage(path string, request []byte, outChars, outChunks int64) Usage {
-	prompt := estimatePrompt(path, request)
-	completion := max(outChunks, ceilDiv(outChars, CharsPerToken))
+	prompt := EstimatePrompt(path, request)
+	completion := EstimateCompletion(outChars, outChunks)
 	return Usage{PromptTokens: prompt, CompletionTokens: completion, TotalTokens: prompt + completion}
+}
+
+// EstimateCompletion is EstimateUsage's completion tokens for outChars
+// characters of output in outChunks streamed chunks.
+func EstimateCompletion(outChars, outChunks int64) int64 {
+	return max(outChunks, ceilDiv(outChars, CharsPerToken))
 }
 
 // ceilDiv is ceil(a/b) for a >= 0, b > 0.
@@ -46,9 +52,9 @@ func ceilDiv(a, b int64) int64 {
 	return (a + b - 1) / b
 }
 
-// estimatePrompt returns the prompt tokens of a request body on path, by
+// EstimatePrompt returns the prompt tokens of a request body on path, by
 // the rule of [EstimateUsage].
-func estimatePrompt(path string, body []byte) int64 {
+func EstimatePrompt(path string, body []byte) int64 {
 	var req struct {
 		Messages []struct {
 			Content json.RawMessage `json:"content"`

@@ -51,6 +51,11 @@ type Config struct {
 	// write to the gateway with the next, when chunks come faster than one
 	// per StreamLinger (see lingerFlusher); 0 sends each chunk at once.
 	StreamLinger time.Duration
+	// ClaimEvery is how often a flowing stream carries the node's claim for
+	// its output so far (p2p.FrameClaim): if the node dies before its
+	// trailer, the gateway bills that claim, so at most ClaimEvery of
+	// delivered output goes unpaid.
+	ClaimEvery time.Duration
 	// ClaimKey authenticates the node's claims and signs its claim batches
 	// instead of the host's key (nil = the host's key). Only tests set it,
 	// to play a node whose MACs and signatures do not match its peer id.
@@ -67,6 +72,7 @@ func DefaultConfig() Config {
 		MaxRequest:   8 << 20,                // the gateway's own limit
 		WriteTimeout: 30 * time.Second,       // far above any healthy client's pause
 		StreamLinger: 500 * time.Microsecond, // under a token's time at 1,000 tok/s; a stream at 100k chunks/s shares one write per ~50
+		ClaimEvery:   time.Second,            // a node killed mid-stream loses at most a second of pay; a MAC a second costs nothing
 	}
 }
 
@@ -91,6 +97,8 @@ func (c *Config) Validate() error {
 		return errors.New("provider: body limits and write timeout must be positive")
 	case c.StreamLinger < 0 || c.StreamLinger > 100*time.Millisecond:
 		return fmt.Errorf("provider: stream linger must be between 0 and 100ms, got %s", c.StreamLinger)
+	case c.ClaimEvery < 10*time.Millisecond:
+		return fmt.Errorf("provider: claims during a stream must be at least 10ms apart, got %s", c.ClaimEvery)
 	}
 	return nil
 }

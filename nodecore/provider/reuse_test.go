@@ -203,3 +203,55 @@ func TestServeStreamLinger(t *testing.T) {
 		t.Errorf("chunk 1 arrived %s after chunk 0; want about StreamLinger (%s)", at[1]-at[0], linger)
 	}
 }
+
+// A stream that flows for longer than ClaimEvery carries the node's claim
+// for its output so far, about every ClaimEvery: estimated, incomplete,
+// never more than the output before it, growing, with a MAC settlement
+// takes, and remembered for the gateway's batch signature. A short call
+// carries none.
+func TestServeClaimsDuringStream(t *testing.T) {
+	cfg := engine.DefaultSyntheticConfig()
+	cfg.Rate = 200
+	syn, err := engine.NewSynthetic(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(syn.Handler())
+	defer srv.Close()
+	const every = 100 * time.Millisecond
+	tn := startNode(t, srv.URL+"/v1", func(c *Config) { c.ClaimEvery = every })
+	model := tn.Models()[0]
+	body := fmt.Sprintf(`{"model":%q,"stream":true,"max_tokens":120,"messages":[{"role":"user","content":"go on for a while"}]}`, model)
+	start := time.Now()
+	a := tn.call(t, "/chat/completions", model, true, body)
+	took := time.Since(start)
+	if a.trailer == nil || a.trailer.Claim.Incomplete {
+		t.Fatalf("the stream did not end with a complete claim: %+v", a.trailer)
+	}
+	// 120 tokens at 200 tok/s take 600 ms: a claim about every 100 ms.
+	if n, most := len(a.claims), int(took/every); n < 3 || n > most {
+		t.Fatalf("%d claims during a %s stream, want 3 to %d", n, took, most)
+	}
+	prompt := engine.EstimatePrompt("/chat/completions", []byte(body))
+	var prev int64
+	for i, c := range a.claims {
+		cl := c.Claim
+		if !cl.Incomplete || !cl.Estimated || cl.PromptTokens != prompt || cl.RequestID != a.trailer.Claim.RequestID {
+			t.Fatalf("claim %d: %+v", i, cl)
+		}
+		before := contentOf(t, a.frames[:c.after])
+		want := engine.EstimateCompletion(int64(len([]rune(before))), int64(c.after))
+		if cl.CompletionTokens != want || cl.CompletionTokens <= prev {
+			t.Fatalf("claim %d: %d tokens after %d chunks (want %d; the one before: %d)", i, cl.CompletionTokens, c.after, want, prev)
+		}
+		prev = cl.CompletionTokens
+		if !tn.Node.claims.known(tn.gw.ID().String(), cl.Hash()) {
+			t.Fatalf("claim %d is not remembered for a batch signature", i)
+		}
+	}
+	short := tn.call(t, "/chat/completions", model, true, // 5 tokens: 25 ms
+		fmt.Sprintf(`{"model":%q,"stream":true,"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`, model))
+	if short.trailer == nil || len(short.claims) != 0 {
+		t.Fatalf("a short stream: trailer %+v, %d claims", short.trailer, len(short.claims))
+	}
+}

@@ -340,9 +340,10 @@ func (c *call) relayStream(ctx context.Context, body io.Reader, request []byte, 
 	fr := &lingerFlusher{r: body, c: c, linger: c.n.cfg.StreamLinger}
 	defer fr.stop()
 	s := engine.NewStream(fr, engine.FillerFor(c.req.Path, true, c.req.RequestID, c.req.Model, start.Unix()))
-	var first, last time.Time
+	var first, last, nextClaim time.Time
 	sent := false
 	var end error
+	prompt := int64(-1) // the request's estimated prompt tokens, once a claim needs it
 	for {
 		before := s.Chunks
 		chunk, hasUsage, err := s.Next()
@@ -371,6 +372,17 @@ func (c *call) relayStream(ctx context.Context, body io.Reader, request []byte, 
 		}
 		if err := c.write(typ, chunk); err != nil {
 			return err
+		}
+		if s.Chunks > before && !last.Before(nextClaim) {
+			if !nextClaim.IsZero() {
+				if prompt < 0 {
+					prompt = engine.EstimatePrompt(c.req.Path, request)
+				}
+				if err := c.checkpoint(prompt, s.Chars, s.Chunks); err != nil {
+					return err
+				}
+			}
+			nextClaim = last.Add(c.n.cfg.ClaimEvery)
 		}
 	}
 	engineErr, failed := engine.IsEngineError(end)
@@ -408,13 +420,7 @@ func (c *call) relayStream(ctx context.Context, body io.Reader, request []byte, 
 // trailer sends the node's claim for this call, with its MAC for the
 // settlement peer; the node remembers it to sign it again in a batch.
 func (c *call) trailer(claim p2p.NodeClaim) error {
-	claim.RequestID = c.req.RequestID
-	claim.Model = c.req.Model
-	claim.Node = c.n.cfg.Host.IDString()
-	claim.Gateway = c.gw
-	c.n.claims.add(claim.Gateway, claim.Hash(), time.Now())
-	t, _ := json.Marshal(p2p.Trailer{Claim: claim, MAC: c.n.claimAuth.MAC(claim)})
-	if err := c.write(p2p.FrameTrailer, t); err != nil {
+	if err := c.write(p2p.FrameTrailer, c.seal(claim)); err != nil {
 		return err
 	}
 	if err := c.flush(); err != nil {
@@ -422,6 +428,32 @@ func (c *call) trailer(claim p2p.NodeClaim) error {
 	}
 	c.done = true
 	return nil
+}
+
+// checkpoint sends, with the next write, the node's claim for the output
+// relayed so far: estimated (the engine reports usage only at the end) and
+// incomplete. The gateway keeps the latest and bills it if the stream
+// breaks before the trailer (the node died, or the connection did), capped
+// like any claim by what it delivered.
+func (c *call) checkpoint(prompt, outChars, outChunks int64) error {
+	return c.write(p2p.FrameClaim, c.seal(p2p.NodeClaim{
+		PromptTokens:     prompt,
+		CompletionTokens: engine.EstimateCompletion(outChars, outChunks),
+		Estimated:        true,
+		Incomplete:       true,
+	}))
+}
+
+// seal fills in whose call a claim is for, remembers it for the gateway's
+// batch signature, and returns it encoded as a Trailer with its MAC.
+func (c *call) seal(claim p2p.NodeClaim) []byte {
+	claim.RequestID = c.req.RequestID
+	claim.Model = c.req.Model
+	claim.Node = c.n.cfg.Host.IDString()
+	claim.Gateway = c.gw
+	c.n.claims.add(claim.Gateway, claim.Hash(), time.Now())
+	t, _ := json.Marshal(p2p.Trailer{Claim: claim, MAC: c.n.claimAuth.MAC(claim)})
+	return t
 }
 
 // measure folds one call's generation rate into the node's EWMA.

@@ -90,7 +90,15 @@ func startNode(t *testing.T, baseURL string, tweak func(*Config)) *testNode {
 type answer struct {
 	hdr     p2p.InferHeader
 	frames  []frame // data and usage frames, in order
+	claims  []claimSeen
 	trailer *p2p.Trailer
+}
+
+// claimSeen is a claim a node sent during a stream, and how many data and
+// usage frames had come before it.
+type claimSeen struct {
+	p2p.Trailer
+	after int
 }
 
 type frame struct {
@@ -151,7 +159,7 @@ func readAnswer(t *testing.T, r *bufio.Reader, tn *testNode) *answer {
 		switch typ {
 		case p2p.FrameData, p2p.FrameUsage:
 			a.frames = append(a.frames, frame{typ, append([]byte(nil), payload...)})
-		case p2p.FrameTrailer:
+		case p2p.FrameClaim, p2p.FrameTrailer:
 			var tr p2p.Trailer
 			if err := json.Unmarshal(payload, &tr); err != nil {
 				t.Fatal(err)
@@ -161,6 +169,10 @@ func readAnswer(t *testing.T, r *bufio.Reader, tn *testNode) *answer {
 			}
 			if tr.Claim.Node != tn.cfg.Host.ID().String() || tr.Claim.Gateway != tn.gw.ID().String() {
 				t.Errorf("claim for %s/%s", tr.Claim.Node, tr.Claim.Gateway)
+			}
+			if typ == p2p.FrameClaim {
+				a.claims = append(a.claims, claimSeen{tr, len(a.frames)})
+				continue
 			}
 			a.trailer = &tr
 			return a
