@@ -163,7 +163,7 @@ func (g *Gateway) Run(ctx context.Context, ready func(httpAddr string)) error {
 		return fmt.Errorf("gateway: subscribe: %w", err)
 	}
 	defer sub.Cancel()
-	wg.Go(func() { g.view.follow(ctx, g.cfg.Host, sub) })
+	wg.Go(func() { g.view.follow(ctx, g.cfg.Host, sub, g.cfg.Platform.String(), g.log) })
 	wg.Go(func() { g.view.expireLoop(ctx, time.Second) })
 	if err := g.view.watchConnections(ctx, g.cfg.Host, &wg); err != nil {
 		return fmt.Errorf("gateway: watch connections: %w", err)

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"log/slog"
 	"math"
 	"math/rand/v2"
 	"sort"
@@ -307,8 +308,11 @@ func (v *View) Models() []ModelInfo {
 }
 
 // follow feeds announcements from sub into the view until ctx ends, and
-// teaches the peerstore where each node listens.
-func (v *View) follow(ctx context.Context, h *p2p.Host, sub *pubsub.Subscription) {
+// teaches the peerstore where each node listens. Nodes whose claims are
+// for another settlement peer than platform are left out: this gateway's
+// receipts for them would be refused, and they would serve unpaid.
+func (v *View) follow(ctx context.Context, h *p2p.Host, sub *pubsub.Subscription, platform string, log *slog.Logger) {
+	warned := map[peer.ID]bool{}
 	for {
 		msg, err := sub.Next(ctx)
 		if err != nil {
@@ -319,6 +323,13 @@ func (v *View) follow(ctx context.Context, h *p2p.Host, sub *pubsub.Subscription
 			continue
 		}
 		from := msg.GetFrom()
+		if a.Platform != platform {
+			if !warned[from] && len(warned) < 1000 {
+				warned[from] = true
+				log.Warn("a node settles with another platform; not routing to it", "node", from.String(), "its_platform", a.Platform)
+			}
+			continue
+		}
 		for _, s := range a.Addrs {
 			if m, err := multiaddr.NewMultiaddr(s); err == nil {
 				if tr, _ := peer.SplitAddr(m); tr != nil {

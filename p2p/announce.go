@@ -24,7 +24,11 @@ const MaxAnnouncementAge = 10 * time.Second
 // it is. GossipSub's strict signing binds it to the publishing peer; the
 // validator checks Node is that peer, the timestamp is fresh and Seq grows.
 type Announcement struct {
-	Node      string      `json:"node"`
+	Node string `json:"node"`
+	// Platform is the settlement peer the node's claims are for: only
+	// gateways that settle there route to it (anywhere else it would serve
+	// calls no one can pay it for).
+	Platform  string      `json:"platform"`
 	Addrs     []string    `json:"addrs"`
 	Hardware  string      `json:"hardware,omitempty"`
 	Synthetic bool        `json:"synthetic,omitempty"` // served by the synthetic engine

@@ -34,13 +34,16 @@ func (s *Settlement) runReputation(ctx context.Context) error {
 	publishSoon := make(chan struct{}, 1)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	self := s.cfg.Host.ID().String()
 	wg.Go(func() {
 		for {
 			msg, err := sub.Next(ctx)
 			if err != nil {
 				return
 			}
-			if a, ok := msg.ValidatorData.(*p2p.Announcement); ok && s.rep.Announced(a, time.Now()) {
+			// Nodes of another platform earn no reputation here: their
+			// claims are for another settlement peer.
+			if a, ok := msg.ValidatorData.(*p2p.Announcement); ok && a.Platform == self && s.rep.Announced(a, time.Now()) {
 				select {
 				case publishSoon <- struct{}{}:
 				default:

@@ -228,13 +228,24 @@ func (w *probeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // engine, and waits until the gateway sees it.
 func addNode(t *testing.T, m *launch.Mesh, upstream string, instances int) {
 	t.Helper()
+	runNode(t, m, upstream, m.PlatformID, m.OperatorKey)
+	if err := launch.WaitInstances(context.Background(), m.GatewayURL, m.DemoKey, instances, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runNode starts a node in front of an engine, settling with platform and
+// earning for the account of accountKey (none: ""), and returns its peer
+// id once it serves.
+func runNode(t *testing.T, m *launch.Mesh, upstream, platform, accountKey string) string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	dir := t.TempDir()
 	done := make(chan error, 1)
 	go func() {
 		done <- launch.Node(ctx, launch.NodeOptions{
 			Common:   launch.Common{Data: dir, Listen: []string{"/ip4/127.0.0.1/tcp/0"}, Bootstrap: []string{m.BootstrapAddr}},
-			Platform: m.PlatformID, Upstream: upstream + "/v1", AccountKey: m.OperatorKey, Synthetic: true,
+			Platform: platform, Upstream: upstream + "/v1", AccountKey: accountKey, Synthetic: true,
 		})
 	}()
 	t.Cleanup(func() { cancel(); <-done })
@@ -252,9 +263,11 @@ func addNode(t *testing.T, m *launch.Mesh, upstream string, instances int) {
 			t.Fatal("node not ready in 30s")
 		}
 	}
-	if err := launch.WaitInstances(ctx, m.GatewayURL, m.DemoKey, instances, 30*time.Second); err != nil {
+	id, err := launch.ReadFirstLine(filepath.Join(dir, "peer-id"))
+	if err != nil {
 		t.Fatal(err)
 	}
+	return id
 }
 
 // The rest of the surface through the official client: streamed

@@ -41,6 +41,7 @@ func (n *Node) Announcement() p2p.Announcement {
 	defer n.mu.Unlock()
 	a := p2p.Announcement{
 		Node:      n.cfg.Host.ID().String(),
+		Platform:  n.cfg.Platform.String(),
 		Addrs:     n.cfg.Host.FullAddrs(),
 		Hardware:  n.cfg.Hardware,
 		Synthetic: n.cfg.Synthetic,
