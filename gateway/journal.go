@@ -25,7 +25,8 @@ import (
 // store in the same directory, whose receipts the protocol no longer takes):
 // a record for each receipt put and for each batch settlement acknowledged
 // or refused. Refused receipts are also appended to refused.log (a JSON
-// line each, with the reason) for the operator; the log itself only keeps
+// line each, with the reason; moved to refused.log.1 once it passes
+// RefusedMax) for the operator; the log itself only keeps
 // what is pending, and is rewritten once it is mostly settled. Put
 // writes its record to the file (a write(2), into the kernel's page cache)
 // before it returns, so a gateway process that dies at any point after
@@ -71,6 +72,10 @@ type JournalConfig struct {
 	// CompactAt is the file size past which the file is rewritten with only
 	// the pending and refused receipts, when they are under half of it.
 	CompactAt int64
+	// RefusedMax is the size past which refused.log is renamed
+	// refused.log.1 (replacing the one before): refused receipts keep at
+	// most twice this on disk.
+	RefusedMax int64
 	// Logger gets a torn tail found at open (nil = discard).
 	Logger *slog.Logger
 }
@@ -80,6 +85,7 @@ func DefaultJournalConfig() JournalConfig {
 	return JournalConfig{
 		SyncInterval: 2 * time.Millisecond, // a power cut loses at most the last few ms of bills; 500 fsyncs/s at most
 		CompactAt:    64 << 20,             // ~2-3 minutes of receipts at 1,000 calls/s
+		RefusedMax:   64 << 20,             // ~100k refused receipts to inspect; refusals are rare, so weeks of them
 	}
 }
 
@@ -115,8 +121,8 @@ func OpenJournal(dir string) (*Journal, error) {
 // by a crash at the end of the file is dropped (it was never acknowledged
 // to anyone: its Put did not return).
 func OpenJournalConfig(dir string, cfg JournalConfig) (*Journal, error) {
-	if cfg.SyncInterval <= 0 || cfg.CompactAt <= 0 {
-		return nil, errors.New("gateway: journal sync interval and compaction size must be positive")
+	if cfg.SyncInterval <= 0 || cfg.CompactAt <= 0 || cfg.RefusedMax <= 0 {
+		return nil, errors.New("gateway: journal sync interval, compaction size and refused.log size must be positive")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -326,6 +332,23 @@ func (j *Journal) Done(requestIDs ...string) error {
 	return j.maybeCompact()
 }
 
+// keepRefused appends line to refused.log, first moving a full one to
+// refused.log.1.
+func (j *Journal) keepRefused(line []byte) error {
+	name := filepath.Join(filepath.Dir(j.path), refusedFile)
+	if fi, err := os.Stat(name); err == nil && fi.Size()+int64(len(line)) > j.cfg.RefusedMax {
+		if err := os.Rename(name, name+".1"); err != nil {
+			return err
+		}
+	}
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(line)
+	return errors.Join(err, f.Close())
+}
+
 // Refused moves a receipt settlement refused on its merits out of the
 // pending set, adding it to refused.log for the operator to inspect.
 func (j *Journal) Refused(r *p2p.Receipt, reason string) error {
@@ -342,12 +365,7 @@ func (j *Journal) Refused(r *p2p.Receipt, reason string) error {
 		return ErrJournalClosed
 	}
 	// Kept first, then resolved: a crash in between only sends it again.
-	f, err := os.OpenFile(filepath.Join(filepath.Dir(j.path), refusedFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("gateway: refused receipts file: %w", err)
-	}
-	_, err = f.Write(append(line, '\n'))
-	if err = errors.Join(err, f.Close()); err != nil {
+	if err := j.keepRefused(append(line, '\n')); err != nil {
 		return fmt.Errorf("gateway: refused receipts file: %w", err)
 	}
 	payload := binary.AppendUvarint(nil, uint64(len(r.RequestID)))

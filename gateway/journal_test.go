@@ -248,3 +248,36 @@ func BenchmarkJournalPut(b *testing.B) {
 		}
 	}
 }
+
+// refused.log past RefusedMax moves to refused.log.1, replacing the one
+// before, so refused receipts never fill the disk; the newest stay.
+func TestJournalRefusedLogRotates(t *testing.T) {
+	dir := t.TempDir()
+	const max = 8 << 10
+	j := openTestJournal(t, dir, func(c *JournalConfig) { c.RefusedMax = max })
+	defer j.Close()
+	for i := range 200 {
+		id := fmt.Sprintf("req_%d", i)
+		if err := j.Put(testReceipt(id)); err != nil {
+			t.Fatal(err)
+		}
+		if err := j.Refused(testReceipt(id), "bad"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cur, err := os.Stat(filepath.Join(dir, refusedFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := os.Stat(filepath.Join(dir, refusedFile+".1"))
+	if err != nil {
+		t.Fatalf("refused.log was never moved aside: %v", err)
+	}
+	if cur.Size() > max || old.Size() > max || old.Mode().Perm() != 0o600 {
+		t.Fatalf("refused.log %d bytes, refused.log.1 %d bytes (%v), want each <= %d", cur.Size(), old.Size(), old.Mode(), max)
+	}
+	lines := refusedLines(t, dir)
+	if last := lines[len(lines)-1]; last.Receipt.RequestID != "req_199" {
+		t.Fatalf("the newest refusal is not in refused.log: %+v", last)
+	}
+}
