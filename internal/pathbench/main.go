@@ -72,7 +72,9 @@ func main() {
 	flag.DurationVar(&o.latDuration, "lat-duration", 2*time.Second, "length of each one-client latency run")
 	flag.IntVar(&o.maxTokens, "max-tokens", 16, "max_tokens of the non-streamed calls")
 	flag.IntVar(&o.streamTokens, "stream-tokens", 2000, "max_tokens of each streamed completion")
-	flag.DurationVar(&o.streamDuration, "stream-duration", 2*time.Second, "length of each streaming run")
+	// Streaming rounds of 2 s swung ±20% around their median on this
+	// 2-core machine (a few dozen streams each); 5 s rounds, ±10%.
+	flag.DurationVar(&o.streamDuration, "stream-duration", 5*time.Second, "length of each streaming run")
 	flag.StringVar(&o.profileDir, "profile", "", "write CPU profiles of the gateway and the node to this directory (after the measured rounds)")
 	flag.DurationVar(&o.profileFor, "profile-for", 10*time.Second, "length of each profile")
 	flag.StringVar(&o.md, "md", "", "also write the results as markdown to this file")
