@@ -32,6 +32,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReceiptBatchDecode$$' -fuzztime $(FUZZTIME) ./p2p/
 	$(GO) test -run '^$$' -fuzz '^FuzzRelayRewrites$$' -fuzztime $(FUZZTIME) ./gateway/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadChunk$$' -fuzztime $(FUZZTIME) ./nodecore/engine/
+	$(GO) test -run '^$$' -fuzz '^FuzzOutputWithinCap$$' -fuzztime $(FUZZTIME) ./nodecore/engine/
 
 # The whole mesh on 127.0.0.1 (bootstrap, settlement, 3 synthetic nodes, a gateway).
 demo: build

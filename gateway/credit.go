@@ -78,7 +78,7 @@ func (cl *creditLines) estimate(price economy.Price, body []byte, meta openai.Me
 	case out <= 0:
 		out = cl.cfg.MaxEstimated
 	}
-	return economy.Cost(price, int64(len(body)), out*max(meta.N, 1))
+	return economy.Cost(price, int64(len(body)), out)
 }
 
 // reserve sets aside amount on the account's line, topping it up from

@@ -22,6 +22,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tokenrouter/tokenrouter/gateway/route"
+	"github.com/tokenrouter/tokenrouter/internal/openai"
 	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"github.com/tokenrouter/tokenrouter/p2p"
 	"github.com/tokenrouter/tokenrouter/settlement/economy"
@@ -188,7 +189,8 @@ func (g *Gateway) Run(ctx context.Context, ready func(httpAddr string)) error {
 
 	srv := &http.Server{Handler: g.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	// net/http's own errors (a bad request line, 431) in OpenAI's shape.
+	go func() { errc <- srv.Serve(openai.Listener(ln)) }()
 	g.log.Info("gateway up", "http", ln.Addr().String(), "peer", g.cfg.Host.ID().String())
 	if ready != nil {
 		ready(ln.Addr().String())

@@ -147,9 +147,13 @@ func (g *Gateway) account(w http.ResponseWriter, r *http.Request) {
 }
 
 // debugInstances shows every instance as this gateway's router sees it:
-// spare capacity, tok/s, breaker state, ramp-up and health score. It holds
-// nothing secret: the same facts travel in gossip.
-func (g *Gateway) debugInstances(w http.ResponseWriter, _ *http.Request) {
+// spare capacity, tok/s, breaker state, ramp-up and health score. The same
+// facts travel in gossip, but a gateway open to the internet would show
+// them to anyone who asked; like every /v1 call it takes an API key.
+func (g *Gateway) debugInstances(w http.ResponseWriter, r *http.Request) {
+	if _, ok := g.authorize(w, r); !ok {
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

@@ -69,10 +69,13 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, r
 	rc := http.NewResponseController(w)
 	rc.SetReadDeadline(time.Now().Add(g.cfg.BodyTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.cfg.MaxBody))
-	rc.SetReadDeadline(time.Time{})
 	if err != nil {
 		// The rest of the body will not be read: the connection closes after
-		// the answer (else net/http would wait to drain a stalled upload).
+		// the answer. After a handler, net/http reads up to 256 KiB of an
+		// unread body to reuse the connection; a deadline already passed
+		// makes that read fail at once, where no deadline would leave a
+		// stalled client's connection open as long as it likes.
+		rc.SetReadDeadline(time.Now())
 		w.Header().Set("Connection", "close")
 		var tooLarge *http.MaxBytesError
 		switch {
@@ -85,6 +88,7 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, r
 		}
 		return fail(w, http.StatusBadRequest, "invalid_request_error", "", "", "could not read the request body")
 	}
+	rc.SetReadDeadline(time.Time{})
 	meta, err := openai.ParseMeta(body)
 	if err != nil {
 		var re *openai.RequestError
@@ -157,6 +161,7 @@ type forwardCall struct {
 	spent     int64  // what it was billed
 	wantUsage bool
 	deadline  time.Time // MaxCallTime from the call's start, across every attempt
+	stream    streamID  // the id the engine's chunks carry, for the events the gateway adds
 
 	// What the current attempt tells the routing table.
 	lease   *Lease

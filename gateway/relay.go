@@ -52,15 +52,15 @@ func (rl *relay) readTrailer(payload []byte) (*p2p.Trailer, error) {
 // billed caps what a node claims by what the gateway can see. A token takes
 // at least a byte: input is capped by the request's size, output by the
 // generated text delivered (a character is at most four bytes; a chunk
-// with output holds at least one token) and by max_tokens x n when the
-// call set it. Output an engine generates but never shows (hidden
-// reasoning) is not billed.
+// with output holds at least one token) and by the output cap when the
+// call set one (openai.Meta.MaxTokens). Output an engine generates but
+// never shows (hidden reasoning) is not billed.
 func (rl *relay) billed(cl p2p.NodeClaim, completion int64, out delivery) (int64, int64) {
 	c := rl.c
 	prompt := min(cl.PromptTokens, int64(len(c.body)))
 	limit := max(out.chunks, 4*out.chars)
 	if c.meta.MaxTokens > 0 {
-		limit = min(limit, c.meta.MaxTokens*max(c.meta.N, 1))
+		limit = min(limit, c.meta.MaxTokens)
 	}
 	capped := min(completion, limit)
 	if prompt < cl.PromptTokens || capped < completion {
@@ -211,6 +211,9 @@ func (rl *relay) stream() (int, *attemptError) {
 	deliver := func(data []byte) {
 		if gone.Load() {
 			return
+		}
+		if c.stream.id == "" {
+			c.stream.read(data)
 		}
 		rl.event(data)
 		if out.add(data) {
@@ -390,8 +393,9 @@ func errorEvent(c *forwardCall, code, msg string) []byte {
 		choice = map[string]any{"index": 0, "text": "", "finish_reason": "error"}
 		object = "text_completion"
 	}
+	id, created := c.stream.idAt(c.id)
 	b, _ := json.Marshal(map[string]any{
-		"id": c.id, "object": object, "created": time.Now().Unix(), "model": c.meta.Model,
+		"id": id, "object": object, "created": created, "model": c.meta.Model,
 		"choices": []any{choice},
 		"error":   map[string]any{"message": msg, "type": "server_error", "param": nil, "code": code},
 	})
@@ -439,6 +443,38 @@ func takeUsage(body []byte, obj map[string]json.RawMessage) json.RawMessage {
 	return usage
 }
 
+// streamID is what a stream's chunks share: the events the gateway adds
+// (the usage chunk, an error event) carry the same id and created as the
+// engine's chunks, as one OpenAI stream does.
+type streamID struct {
+	id      string
+	created int64
+}
+
+// read takes id and created from a chunk the engine sent.
+func (s *streamID) read(chunk []byte) {
+	var v struct {
+		ID      string `json:"id"`
+		Created int64  `json:"created"`
+	}
+	if json.Unmarshal(chunk, &v) == nil {
+		s.id, s.created = v.ID, v.Created
+	}
+}
+
+// idAt returns the stream's id and created, or fallback and now before
+// any chunk named them.
+func (s *streamID) idAt(fallback string) (string, int64) {
+	id, created := s.id, s.created
+	if id == "" {
+		id = fallback
+	}
+	if created == 0 {
+		created = time.Now().Unix()
+	}
+	return id, created
+}
+
 // usageChunk is the last streamed chunk a client that asked for usage gets:
 // the billed usage with cost_ucr and cost, in the engine's usage object
 // when it sent one.
@@ -447,8 +483,9 @@ func usageChunk(c *forwardCall, engineUsage json.RawMessage, prompt, completion,
 	if c.path == "/completions" {
 		object = "text_completion"
 	}
+	id, created := c.stream.idAt(c.id)
 	base, _ := json.Marshal(map[string]any{
-		"id": c.id, "object": object, "created": time.Now().Unix(), "model": c.meta.Model,
+		"id": id, "object": object, "created": created, "model": c.meta.Model,
 		"choices": []any{}, "usage": engineUsage,
 	})
 	return withCost(base, prompt, completion, cost, estimated)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tokenrouter/tokenrouter/internal/openai"
 	"github.com/tokenrouter/tokenrouter/p2p"
 	"github.com/tokenrouter/tokenrouter/settlement/economy"
 	"github.com/tokenrouter/tokenrouter/settlement/ledger"
@@ -181,7 +182,8 @@ func (s *Settlement) Run(ctx context.Context, ready func(httpAddr string)) error
 	}
 	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	// net/http's own errors (a bad request line, 431) in OpenAI's shape.
+	go func() { errc <- srv.Serve(openai.Listener(ln)) }()
 	s.log.Info("settlement HTTP up", "addr", ln.Addr().String())
 	if ready != nil {
 		ready(ln.Addr().String())

@@ -156,7 +156,9 @@ type instance struct {
 
 func (m *procMesh) instances() map[string]instance {
 	m.t.Helper()
-	resp, err := http.Get(m.gwURL + "/debug/instances")
+	req, _ := http.NewRequest(http.MethodGet, m.gwURL+"/debug/instances", nil)
+	req.Header.Set("Authorization", "Bearer "+m.consumerKey)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		m.t.Fatal(err)
 	}

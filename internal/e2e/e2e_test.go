@@ -215,7 +215,9 @@ func TestPaidCallsSettleEndToEnd(t *testing.T) {
 	if err := stream.Err(); err != nil {
 		var apiErr *openai.Error
 		if errors.As(err, &apiErr) {
-			resp, _ := http.Get(m.GatewayURL + "/debug/instances")
+			req, _ := http.NewRequest(http.MethodGet, m.GatewayURL+"/debug/instances", nil)
+			req.Header.Set("Authorization", "Bearer "+m.DemoKey)
+			resp, _ := http.DefaultClient.Do(req)
 			dbg, _ := io.ReadAll(resp.Body)
 			t.Fatalf("stream: %v: %s\n%s", err, apiErr.RawJSON(), dbg)
 		}

@@ -77,7 +77,9 @@ func streamCounts(t *testing.T, m *launch.Mesh) (opened, reused, failures int) {
 // instance of model.
 func instanceOf(t *testing.T, m *launch.Mesh, model, node string) (gateway.InstanceInfo, bool) {
 	t.Helper()
-	resp, err := http.Get(m.GatewayURL + "/debug/instances")
+	req, _ := http.NewRequest(http.MethodGet, m.GatewayURL+"/debug/instances", nil)
+	req.Header.Set("Authorization", "Bearer "+m.DemoKey)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

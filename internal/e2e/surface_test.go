@@ -289,8 +289,10 @@ func TestStreamedCompletionsAndModelByID(t *testing.T) {
 		s := c.Completions.NewStreaming(ctx, p)
 		var text strings.Builder
 		var cost int64
+		ids := map[string]bool{}
 		for s.Next() {
 			ch := s.Current()
+			ids[ch.ID] = true // one stream, one id: the usage chunk's too
 			for _, c := range ch.Choices {
 				text.WriteString(c.Text)
 			}
@@ -307,8 +309,8 @@ func TestStreamedCompletionsAndModelByID(t *testing.T) {
 		if err := s.Err(); err != nil {
 			t.Fatal(err)
 		}
-		if text.Len() == 0 || usage && cost == 0 {
-			t.Fatalf("streamed completion: text %q cost %d", text.String(), cost)
+		if text.Len() == 0 || usage && cost == 0 || len(ids) != 1 {
+			t.Fatalf("streamed completion: text %q cost %d ids %v", text.String(), cost, ids)
 		}
 		want += cost
 	}
@@ -355,7 +357,7 @@ func TestParametersPassThroughUntouched(t *testing.T) {
 		ResponseFormat: openai.ChatCompletionNewParamsResponseFormatUnion{OfJSONSchema: &shared.ResponseFormatJSONSchemaParam{
 			JSONSchema: shared.ResponseFormatJSONSchemaJSONSchemaParam{Name: "answer", Schema: map[string]any{"type": "object"}, Strict: openai.Bool(true)},
 		}},
-		N:           openai.Int(2),
+		N:           openai.Int(1),
 		Stop:        openai.ChatCompletionNewParamsStopUnion{OfStringArray: []string{"\n\n", "END"}},
 		Logprobs:    openai.Bool(true),
 		TopLogprobs: openai.Int(3),
@@ -421,6 +423,7 @@ func TestEveryErrorStatus(t *testing.T) {
 		},
 		Gateway: func(o *launch.GatewayOptions) {
 			o.MaxBody = 64 << 10
+			o.MaxTokens = 1 << 32 // a worst case no balance covers
 			o.RPMLimit = 6                 // a burst of one, then one call every 10 s
 			o.HeaderTime = 2 * time.Second // every call must start answering in 2 s: slow-1 takes 8
 			o.Tune = func(c *gateway.Config) { c.BodyTimeout = 500 * time.Millisecond }
@@ -464,6 +467,22 @@ func TestEveryErrorStatus(t *testing.T) {
 	if e := expect("bad field", 400, "invalid_value", "", newChat(bad)); e.Param != "n" {
 		t.Fatalf("bad field names param %q", e.Param)
 	}
+	for _, tc := range []struct {
+		name, param, code string
+		opt               option.RequestOption
+	}{
+		{"wrong type", "temperature", "invalid_type", option.WithJSONSet("temperature", "x")},
+		{"more than one choice", "n", "invalid_value", option.WithJSONSet("n", 2)},
+		{"a limit in another case", "MAX_TOKENS", "unknown_parameter", option.WithJSONSet("MAX_TOKENS", 300)},
+	} {
+		e := expect(tc.name, 400, tc.code, "", func(c openai.Client) error {
+			_, err := c.Chat.Completions.New(ctx, chat("synthetic-1"), tc.opt)
+			return err
+		})
+		if e.Param != tc.param || strings.Contains(e.Message, "Go ") {
+			t.Fatalf("%s: param %q, message %q", tc.name, e.Param, e.Message)
+		}
+	}
 	huge := chat("synthetic-1")
 	huge.MaxTokens = openai.Int(1 << 40)
 	if e := expect("max_tokens over the cap", 400, "invalid_value", "", newChat(huge)); e.Param != "max_tokens" {
@@ -475,7 +494,7 @@ func TestEveryErrorStatus(t *testing.T) {
 		return err
 	})
 	rich := chat("synthetic-1")
-	rich.N, rich.MaxTokens = openai.Int(128), openai.Int(131072)
+	rich.MaxTokens = openai.Int(1 << 31)
 	expect("more than the balance could pay", 402, "insufficient_credits", "", newChat(rich))
 	long := chat("synthetic-1")
 	long.Messages = []openai.ChatCompletionMessageParamUnion{openai.UserMessage(strings.Repeat("long prompt ", 8000))}
@@ -523,6 +542,54 @@ func TestEveryErrorStatus(t *testing.T) {
 	if err := validate(schemas(t)("ErrorResponse"), raw); err != nil {
 		t.Fatal(err)
 	}
+	// ... and the connection closes: the stalled client holds nothing.
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if n, err := conn.Read(make([]byte, 1)); n != 0 || err == nil || isTimeout(err) {
+		t.Fatalf("after the 408 the connection stayed open: read %d, %v", n, err)
+	}
+
+	// Errors net/http writes itself come in OpenAI's shape too.
+	for name, req := range map[string]string{
+		"bad request line":   "GET /v1/models HTTP/1.1 junk\r\nHost: x\r\n\r\n",
+		"no Host header":     "GET /v1/models HTTP/1.1\r\n\r\n",
+		"headers over 1 MiB": "GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 1<<20+4096) + "\r\n\r\n",
+	} {
+		status, body := rawHTTP(t, m.GatewayURL, req)
+		if status != 400 && status != 431 || validate(schemas(t)("ErrorResponse"), body) != nil {
+			t.Fatalf("%s: %d %s", name, status, body)
+		}
+	}
+	// The gateway's view of the network takes a key, as /v1 does.
+	if resp, err := http.Get(m.GatewayURL + "/debug/instances"); err != nil || resp.StatusCode != 401 {
+		t.Fatalf("/debug/instances without a key: %v %v", resp.Status, err)
+	}
+}
+
+// rawHTTP writes req as it is to the server at baseURL and reads the answer.
+func rawHTTP(t *testing.T, baseURL, req string) (int, []byte) {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(baseURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	go io.WriteString(conn, req) // the server may answer before reading it all
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("%q answered %d with Content-Type %q: %s", req[:min(len(req), 40)], resp.StatusCode, ct, body)
+	}
+	return resp.StatusCode, body
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // A node whose engine dies after the first byte: the client's stream ends

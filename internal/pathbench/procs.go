@@ -239,7 +239,7 @@ func startAll(o options) (*setup, error) {
 	if err := launch.WaitInstances(ctx, s.gwURL, s.key, 1, 30*time.Second); err != nil {
 		return fail(err)
 	}
-	if err := waitFullRamp(s.gwURL, 30*time.Second); err != nil {
+	if err := waitFullRamp(s.gwURL, s.key, 30*time.Second); err != nil {
 		return fail(err)
 	}
 	return s, nil
@@ -268,10 +268,12 @@ func readHopAddr(p *proc) (string, error) {
 // waitFullRamp waits until the gateway lets the node use its whole declared
 // capacity: until settlement's first report, a gateway assumes a new
 // instance may take 10% of it, and the benchmark's clients would see 503s.
-func waitFullRamp(gwURL string, d time.Duration) error {
+func waitFullRamp(gwURL, key string, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(gwURL + "/debug/instances")
+		req, _ := http.NewRequest(http.MethodGet, gwURL+"/debug/instances", nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
 		if err == nil {
 			var out struct {
 				Models []struct {

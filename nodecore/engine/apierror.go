@@ -106,7 +106,7 @@ func ParseError(status int, body []byte) *APIError {
 	if e.Message == "" {
 		e.Message = "the engine reported an error"
 	}
-	e.Message = cut(e.Message, maxErrorMessage)
+	e.Message = cut(PlainTypeErrors(e.Message), maxErrorMessage)
 	e.Type = openAIType(e.Type, e.Status)
 	return e
 }

@@ -42,9 +42,10 @@ func strOrNil(s string) *string {
 }
 
 // writeError writes an OpenAI-shaped error; param and code may be "" (null).
+// Go's type names in msg are put in OpenAI's words ([PlainTypeErrors]).
 func writeError(w http.ResponseWriter, status int, typ, msg, param, code string) {
 	writeJSON(w, status, apiError{Error: apiErrorBody{
-		Message: msg,
+		Message: PlainTypeErrors(msg),
 		Type:    typ,
 		Param:   strOrNil(param),
 		Code:    strOrNil(code),
