@@ -139,7 +139,7 @@ func jsonProblem(err error) string {
 	case errors.As(err, &syn):
 		return fmt.Sprintf("invalid JSON at byte %d", syn.Offset)
 	case errors.As(err, &typ):
-		return fmt.Sprintf("field %q must be %s", typ.Field, typ.Type)
+		return fmt.Sprintf("field %q must be %s", typ.Field, engine.JSONTypeOf(typ.Type.String()))
 	case errors.As(err, &big):
 		return fmt.Sprintf("larger than %d bytes", big.Limit)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):

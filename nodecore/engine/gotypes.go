@@ -25,14 +25,15 @@ func PlainTypeErrors(msg string) string {
 			field = path // the Go struct's name goes, the JSON path stays
 		}
 		if field == "" {
-			return "Invalid type in the request: expected " + jsonTypeOf(typ) + ", but got " + article(got) + " instead."
+			return "Invalid type in the request: expected " + JSONTypeOf(typ) + ", but got " + article(got) + " instead."
 		}
-		return "Invalid type for '" + field + "': expected " + jsonTypeOf(typ) + ", but got " + article(got) + " instead."
+		return "Invalid type for '" + field + "': expected " + JSONTypeOf(typ) + ", but got " + article(got) + " instead."
 	})
 }
 
-// jsonTypeOf names the JSON type a Go type decodes from.
-func jsonTypeOf(goType string) string {
+// JSONTypeOf names, in OpenAI's words, the JSON type a Go type (as
+// reflect.Type.String gives it) decodes from: "an array", "an integer"...
+func JSONTypeOf(goType string) string {
 	t := strings.TrimLeft(goType, "*")
 	switch {
 	case strings.HasPrefix(t, "[]"):
