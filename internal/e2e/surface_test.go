@@ -423,7 +423,7 @@ func TestEveryErrorStatus(t *testing.T) {
 		},
 		Gateway: func(o *launch.GatewayOptions) {
 			o.MaxBody = 64 << 10
-			o.MaxTokens = 1 << 32 // a worst case no balance covers
+			o.MaxTokens = 1 << 32          // a worst case no balance covers
 			o.RPMLimit = 6                 // a burst of one, then one call every 10 s
 			o.HeaderTime = 2 * time.Second // every call must start answering in 2 s: slow-1 takes 8
 			o.Tune = func(c *gateway.Config) { c.BodyTimeout = 500 * time.Millisecond }
