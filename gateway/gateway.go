@@ -22,6 +22,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tokenrouter/tokenrouter/gateway/route"
+	"github.com/tokenrouter/tokenrouter/internal/journal"
 	"github.com/tokenrouter/tokenrouter/internal/openai"
 	"github.com/tokenrouter/tokenrouter/internal/tick"
 	"github.com/tokenrouter/tokenrouter/p2p"
@@ -37,25 +38,30 @@ const (
 // Config configures a gateway.
 type Config struct {
 	Host              *p2p.Host
-	Platform          peer.ID       // the settlement peer trusted for keys, prices and receipts
-	HTTPAddr          string        // where the OpenAI-compatible API listens
-	MaxBody           int64         // largest request body accepted
-	BodyTimeout       time.Duration // how long a client may take to send its request body
-	MaxTokens         int64         // largest max_tokens / max_completion_tokens a call may ask for
-	RequestsPerMinute int           // calls a minute per API key; 0 = no limit
-	MaxRetries        int           // other instances tried after a failure before the first byte
-	HeaderTimeout     time.Duration // how long a node may take to start answering
-	MaxCallTime       time.Duration // how long one call may take in all
-	IdleTimeout       time.Duration // how long a stream may go without a chunk
-	WriteTimeout      time.Duration // how long a client may take to accept one write
-	AuthTTL           time.Duration // how long a checked API key (and its balance) is trusted
-	PriceRefresh      time.Duration // how often the price table is fetched again
-	ReportEvery       time.Duration // how often failures seen are reported to settlement
-	DrainTimeout      time.Duration // how long stopping waits for calls in flight and receipts
-	Route             route.Config  // the routing policy (SPEC §4)
-	Journal           *Journal      // where receipts wait for settlement (nil = memory only: a crash loses them)
-	Credit            CreditConfig  // how credit lines are sized
-	Logger            *slog.Logger  // nil = discard
+	Platform          peer.ID          // the settlement peer trusted for keys, prices and receipts
+	HTTPAddr          string           // where the OpenAI-compatible API listens
+	MaxBody           int64            // largest request body accepted
+	BodyTimeout       time.Duration    // how long a client may take to send its request body
+	MaxTokens         int64            // largest max_tokens / max_completion_tokens a call may ask for
+	RequestsPerMinute int              // calls a minute per API key; 0 = no limit
+	MaxRetries        int              // other instances tried after a failure before the first byte
+	HeaderTimeout     time.Duration    // how long a node may take to start answering
+	MaxCallTime       time.Duration    // how long one call may take in all
+	IdleTimeout       time.Duration    // how long a stream may go without a chunk
+	WriteTimeout      time.Duration    // how long a client may take to accept one write
+	AuthTTL           time.Duration    // how long a checked API key (and its balance) is trusted
+	PriceRefresh      time.Duration    // how often the price table is fetched again
+	ReportEvery       time.Duration    // how often failures seen are reported to settlement
+	DrainTimeout      time.Duration    // how long stopping waits for calls in flight and receipts
+	Route             route.Config     // the routing policy (SPEC §4)
+	Journal           *journal.Journal // where receipts wait for settlement (nil = memory only: a crash loses them)
+	Credit            CreditConfig     // how credit lines are sized
+	// DropReceipts makes the gateway bill its clients but never send
+	// settlement a receipt: it plays a consumer's modified gateway in
+	// tests (hidden flag --drop-receipts). The nodes' own claims bill
+	// those calls.
+	DropReceipts bool
+	Logger       *slog.Logger // nil = discard
 }
 
 // DefaultConfig returns the defaults; Host, Platform and HTTPAddr must be set.

@@ -160,5 +160,5 @@ func (g *Gateway) debugInstances(w http.ResponseWriter, r *http.Request) {
 	enc.Encode(struct {
 		Gateway string      `json:"gateway"`
 		Models  []ModelInfo `json:"models"`
-	}{g.cfg.Host.ID().String(), g.view.Models()})
+	}{g.cfg.Host.ID().String(), g.view.DebugModels()})
 }

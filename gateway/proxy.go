@@ -3,17 +3,13 @@ package gateway
 import (
 	"bufio"
 	"context"
-	"encoding/base32"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"strings"
 	"time"
-
-	"crypto/rand"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -24,11 +20,7 @@ import (
 	"github.com/tokenrouter/tokenrouter/settlement/economy"
 )
 
-func newRequestID() string {
-	var b [15]byte
-	rand.Read(b[:])
-	return "req_" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
-}
+func newRequestID() string { return p2p.NewRequestID() }
 
 // inference serves one OpenAI endpoint by forwarding it to a node; path is
 // the upstream path ("/chat/completions").
@@ -353,7 +345,8 @@ func (c *forwardCall) request(s network.Stream, br *bufio.Reader) (p2p.InferHead
 	var h p2p.InferHeader
 	bw := p2p.GetWriter(s)
 	defer p2p.PutWriter(bw)
-	hdr, _ := json.Marshal(p2p.InferRequest{RequestID: c.id, Path: c.path, Model: c.meta.Model, Stream: c.meta.Stream})
+	hdr, _ := json.Marshal(p2p.InferRequest{RequestID: c.id, Path: c.path, Model: c.meta.Model, Stream: c.meta.Stream,
+		Grant: c.grant, Hold: c.hold})
 	if err := p2p.WriteFrame(bw, p2p.FrameRequest, hdr); err != nil {
 		return h, err
 	}

@@ -640,5 +640,8 @@ func (c *forwardCall) bill(rl *relay, t *p2p.Trailer, prompt, completion int64, 
 	g.metrics.tokens.WithLabelValues("prompt").Add(float64(prompt))
 	g.metrics.tokens.WithLabelValues("completion").Add(float64(completion))
 	g.metrics.chargedUcr.Add(float64(cost))
+	if g.cfg.DropReceipts {
+		return
+	}
 	g.settler.submit(r)
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/internal/journal"
 	"github.com/tokenrouter/tokenrouter/p2p"
 )
 
@@ -31,7 +32,7 @@ type settler struct {
 	platform peer.ID
 	log      *slog.Logger
 	metrics  metrics
-	journal  *Journal
+	journal  *journal.Journal
 
 	mu       sync.Mutex
 	slow     map[string]time.Time // nodes that failed to sign a claim batch lately: skipped until then
@@ -42,7 +43,7 @@ type settler struct {
 	wake     chan struct{}
 }
 
-func newSettler(h *p2p.Host, platform peer.ID, log *slog.Logger, m metrics, j *Journal) *settler {
+func newSettler(h *p2p.Host, platform peer.ID, log *slog.Logger, m metrics, j *journal.Journal) *settler {
 	return &settler{h: h, platform: platform, log: log, metrics: m, journal: j, wake: make(chan struct{}, 1)}
 }
 

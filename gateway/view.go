@@ -31,11 +31,18 @@ type View struct {
 	rampStart float64 // ramp assumed for an instance settlement has not scored yet
 
 	mu     sync.Mutex
+	log    *slog.Logger
 	rcfg   route.Config
 	rnd    *rand.Rand
 	tables map[string]*route.Table
 	nodes  map[peer.ID]*nodeEntry
 	health map[instanceKey]p2p.InstanceScore
+
+	// Refusals (twins.go): nodes whose peer id two hosts announce.
+	twins         *nodecore.TwinDetector
+	settleRefused map[peer.ID]p2p.Refusal // per the settlement peer's last report
+	settleAt      time.Time               // when that report came
+	refused       map[peer.ID]refusal     // refused now: out of every table
 }
 
 type instanceKey struct {
@@ -60,6 +67,9 @@ func NewView(self string, rcfg route.Config, now func() time.Time, maxAge time.D
 		tables:    map[string]*route.Table{},
 		nodes:     map[peer.ID]*nodeEntry{},
 		health:    map[instanceKey]p2p.InstanceScore{},
+		log:       slog.New(slog.DiscardHandler),
+		twins:     nodecore.NewTwinDetector(nodecore.DefaultTwinConfig()),
+		refused:   map[peer.ID]refusal{},
 	}
 }
 
@@ -77,6 +87,7 @@ func (v *View) Update(id peer.ID, a *p2p.Announcement) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	now := v.now()
+	v.twins.Observe(nodeKey(id, a), a.Addrs, a.Seq, now)
 	old := v.nodes[id]
 	v.nodes[id] = &nodeEntry{ann: *a, seen: now}
 	if old != nil {
@@ -85,6 +96,9 @@ func (v *View) Update(id peer.ID, a *p2p.Announcement) {
 				v.removeInstance(id, m.Model)
 			}
 		}
+	}
+	if v.reconcile(id, now) {
+		return // refused: it stays out of the tables
 	}
 	for _, m := range a.Models {
 		v.apply(id, m, a, now)
@@ -155,6 +169,8 @@ func (v *View) expire() {
 			v.forget(id)
 		}
 	}
+	v.twins.Sweep(now)
+	v.reconcileAll(now)
 }
 
 // SetReport records the settlement peer's health scores and ramp-up.
@@ -165,6 +181,7 @@ func (v *View) SetReport(r *p2p.HealthReport) {
 	if r.RampStart > 0 && r.RampStart <= 1 {
 		v.rampStart = r.RampStart
 	}
+	v.setSettleRefused(r.Refused, now)
 	for _, s := range r.Scores {
 		id, err := peer.Decode(s.Node)
 		if err != nil {
@@ -174,6 +191,9 @@ func (v *View) SetReport(r *p2p.HealthReport) {
 			continue
 		}
 		v.health[instanceKey{id, s.Model}] = s
+		if _, no := v.refused[id]; no {
+			continue
+		}
 		if e := v.nodes[id]; e != nil {
 			for _, m := range e.ann.Models {
 				if m.Model == s.Model {
@@ -262,6 +282,12 @@ type InstanceInfo struct {
 	RampPct   float64 `json:"ramp_up_percent"`
 	Health    float64 `json:"health_score"` // the settlement peer's score; 0 until scored
 	AgeMs     int64   `json:"announced_ms_ago"`
+	// A refused instance (state "refused", in /debug/instances only): why,
+	// who decided (this gateway or the settlement peer) and for how long.
+	Status    string `json:"status,omitempty"`
+	Reason    string `json:"reason,omitempty"`
+	RefusedBy string `json:"refused_by,omitempty"`
+	RefusedMs int64  `json:"refused_ms,omitempty"`
 	route.Info
 }
 
@@ -312,17 +338,29 @@ func (v *View) Models() []ModelInfo {
 // for another settlement peer than platform are left out: this gateway's
 // receipts for them would be refused, and they would serve unpaid.
 func (v *View) follow(ctx context.Context, h *p2p.Host, sub *pubsub.Subscription, platform string, log *slog.Logger) {
+	v.mu.Lock()
+	v.log = log
+	v.mu.Unlock()
+	twins := make(chan struct{})
+	go func() { defer close(twins); v.watchTwins(ctx, h) }()
+	defer func() { <-twins }()
 	warned := map[peer.ID]bool{}
 	for {
 		msg, err := sub.Next(ctx)
 		if err != nil {
 			return
 		}
+		from := msg.GetFrom()
+		if s, ok := msg.ValidatorData.(*p2p.StrayAnnouncement); ok {
+			if s.Platform == platform {
+				v.Stray(from, &s.Announcement)
+			}
+			continue
+		}
 		a, ok := msg.ValidatorData.(*p2p.Announcement)
 		if !ok {
 			continue
 		}
-		from := msg.GetFrom()
 		if a.Platform != platform {
 			if !warned[from] && len(warned) < 1000 {
 				warned[from] = true

@@ -8,6 +8,7 @@ import (
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/nodecore"
 )
 
 // TopicLoad carries nodes' load announcements.
@@ -22,7 +23,9 @@ const MaxAnnouncementAge = 10 * time.Second
 
 // Announcement is a node's signed statement of what it serves and how busy
 // it is. GossipSub's strict signing binds it to the publishing peer; the
-// validator checks Node is that peer, the timestamp is fresh and Seq grows.
+// validator checks Node is that peer, the timestamp is fresh and Seq grows
+// (an announcement from other addresses whose Seq does not grow passes as
+// a StrayAnnouncement).
 type Announcement struct {
 	Node string `json:"node"`
 	// Platform is the settlement peer the node's claims are for: only
@@ -50,6 +53,17 @@ type ModelLoad struct {
 	InFlightBy map[string]int `json:"in_flight_by,omitempty"`
 }
 
+// StrayAnnouncement is a fresh, validly signed announcement whose sequence
+// number is not above the last one accepted from its node (within the
+// freshness limit) and whose addresses differ from that one's: another
+// process announcing the same peer id (two machines, one copied identity
+// key), or a straggler of a restarted node. The validator passes it (as
+// ValidatorData) for twin detection only; it says nothing new about the
+// node's load.
+type StrayAnnouncement struct {
+	Announcement
+}
+
 // JoinLoadTopic joins the load topic with a validator that drops forged,
 // stale, replayed and oversized announcements. now is the clock it checks
 // freshness against (nil = time.Now). The topic is shared by every role on
@@ -71,8 +85,9 @@ type announceValidator struct {
 }
 
 type seen struct {
-	seq uint64
-	at  time.Time
+	seq   uint64
+	at    time.Time
+	addrs string // nodecore.AddrSetKey of its addresses
 }
 
 // maxTracked bounds the replay filter; past it, peers silent for longer
@@ -97,9 +112,21 @@ func (v *announceValidator) validate(_ context.Context, _ peer.ID, m *pubsub.Mes
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if a.Seq <= v.last[from].seq {
+	addrs := nodecore.AddrSetKey(a.Addrs)
+	if last, ok := v.last[from]; ok && a.Seq <= last.seq && v.now().Sub(last.at) <= MaxAnnouncementAge {
+		if addrs != last.addrs {
+			// Another process holding the same key, or a straggler of a
+			// restarted one: not news about the node, but twin detectors
+			// need to see it (and so do the peers this one forwards to).
+			m.ValidatorData = &StrayAnnouncement{Announcement: a}
+			return pubsub.ValidationAccept
+		}
 		return pubsub.ValidationIgnore // replayed or reordered
 	}
+	// A sequence number at or below the last one is accepted once the
+	// process that sent that one has been silent past the freshness limit:
+	// a node restarted with its clock set back, or the survivor of two
+	// processes that shared a key, starts a new sequence.
 	if len(v.last) >= maxTracked {
 		for p, s := range v.last {
 			if v.now().Sub(s.at) > MaxAnnouncementAge {
@@ -107,7 +134,7 @@ func (v *announceValidator) validate(_ context.Context, _ peer.ID, m *pubsub.Mes
 			}
 		}
 	}
-	v.last[from] = seen{a.Seq, v.now()}
+	v.last[from] = seen{a.Seq, v.now(), addrs}
 	m.ValidatorData = &a
 	return pubsub.ValidationAccept
 }

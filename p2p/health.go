@@ -31,7 +31,26 @@ type HealthReport struct {
 	Seq       uint64          `json:"seq"`
 	RampStart float64         `json:"ramp_start"` // ramp of an instance not scored yet
 	Scores    []InstanceScore `json:"scores"`
+	// Refused lists the nodes the platform refuses at the moment, with the
+	// reason in words for their operators (a node logs its own). Every
+	// message of a report carries the whole list.
+	Refused []Refusal `json:"refused,omitempty"`
 }
+
+// MaxRefusalsPerReport bounds Refused (a few hundred bytes each).
+const MaxRefusalsPerReport = 1000
+
+// Refusal is a node the platform refuses routing to, and why.
+type Refusal struct {
+	Node    string `json:"node"`
+	Status  string `json:"status"` // RefusedDuplicateIdentity
+	Reason  string `json:"reason"`
+	SinceMs int64  `json:"since_ms"`
+}
+
+// RefusedDuplicateIdentity is the status of a node whose peer id two or
+// more hosts announce from different addresses (a copied identity key).
+const RefusedDuplicateIdentity = "duplicate_identity"
 
 // JoinHealthTopic joins the health topic; only reports published by
 // platform pass its validator (platform "" accepts any signer: the

@@ -3,9 +3,12 @@ package p2p
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/base32"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -14,11 +17,25 @@ import (
 // ErrNodeFull is a node's answer when it is at capacity: not a failure.
 var ErrNodeFull = errors.New("p2p: node at capacity")
 
-// Probe makes the smallest possible call to model on node (one completion
-// token) and reports whether it was answered in full: a 200, then a
-// signed-off trailer. The settlement peer probes nodes this way; nothing is
-// billed for a probe.
-func (h *Host) Probe(ctx context.Context, node peer.ID, model string, timeout time.Duration) error {
+// NewRequestID returns a fresh request id, as gateways give every call.
+func NewRequestID() string {
+	var b [15]byte
+	rand.Read(b[:])
+	return "req_" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
+// ProbeCall is one probe: the request header and OpenAI body a gateway
+// would send for a consumer's call.
+type ProbeCall struct {
+	Request InferRequest
+	Body    []byte
+}
+
+// Probe makes call on node, as a gateway makes a consumer's call, and
+// reports whether it was answered in full: a 200, then a signed-off
+// trailer. The settlement peer probes nodes this way, from hosts of its own
+// that look like any gateway; nothing is billed for a probe.
+func (h *Host) Probe(ctx context.Context, node peer.ID, call ProbeCall, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if err := h.Find(ctx, node); err != nil {
@@ -30,12 +47,8 @@ func (h *Host) Probe(ctx context.Context, node peer.ID, model string, timeout ti
 	}
 	defer s.Close()
 	s.SetDeadline(time.Now().Add(timeout))
-	body, _ := json.Marshal(map[string]any{
-		"model":      model,
-		"messages":   []map[string]string{{"role": "user", "content": "ping"}},
-		"max_tokens": 1,
-	})
-	req, _ := json.Marshal(InferRequest{RequestID: "probe_" + fmt.Sprint(time.Now().UnixNano()), Path: "/chat/completions", Model: model})
+	body := call.Body
+	req, _ := json.Marshal(call.Request)
 	w := bufio.NewWriter(s)
 	if err := WriteFrame(w, FrameRequest, req); err != nil {
 		s.Reset()

@@ -24,6 +24,11 @@ const (
 	OpHold     = "hold"          // gateway -> take or top up a credit-line hold on an account
 	OpRelease  = "release"       // gateway -> give a hold's rest back
 	OpScores   = "scores"        // -> the current health report
+	// OpClaims: node -> its own claims for calls it served, each as a
+	// receipt the node built from its claim and the call's grant and hold
+	// (Receipts; no gateway signature) -> one result each. Settlement bills
+	// a claim whose gateway sends no receipt within its claim grace.
+	OpClaims = "node_claims"
 )
 
 // RPC error codes, stable for callers to switch on.
@@ -90,6 +95,13 @@ type AccountInfo struct {
 	StartingCredit int64  `json:"starting_credit_ucr"`
 	HeldUcr        int64  `json:"held_ucr"`      // reserved by gateways' credit lines for calls in progress
 	AvailableUcr   int64  `json:"available_ucr"` // balance not held
+	// Disputes are calls of the account (as consumer, or on its nodes)
+	// where a node's claim and its gateway's receipt disagreed.
+	Disputes int64 `json:"disputes"`
+	// UnreceiptedCalls are calls billed from the serving node's claim
+	// because the account's gateway sent no receipt: that gateway gets no
+	// new credit until it does.
+	UnreceiptedCalls int64 `json:"unreceipted_calls"`
 	// Display strings, in credits (1 credit = 1,000,000 µcr).
 	Balance string `json:"balance"`
 	Earned  string `json:"earned"`

@@ -20,6 +20,14 @@ type InferRequest struct {
 	Path      string `json:"path"` // upstream path, e.g. "/chat/completions"
 	Model     string `json:"model"`
 	Stream    bool   `json:"stream"`
+	// Grant and Hold are what the gateway bills this call against: the
+	// settlement peer's grant that it presented a key of the consumer's
+	// account, and its credit-line hold. The node reports its claim with
+	// them (OpClaims), so the call is paid even if the gateway never sends
+	// its receipt; a node can only ever charge an account whose grant a
+	// gateway showed it.
+	Grant *Grant `json:"grant,omitempty"`
+	Hold  string `json:"hold,omitempty"`
 }
 
 // InferHeader is the node's first answer: the upstream status. A 429 means

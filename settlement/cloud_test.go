@@ -24,6 +24,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/tokenrouter/tokenrouter/bootstrap"
 	"github.com/tokenrouter/tokenrouter/gateway"
+	"github.com/tokenrouter/tokenrouter/internal/journal"
 	"github.com/tokenrouter/tokenrouter/internal/openai"
 	"github.com/tokenrouter/tokenrouter/internal/testkit"
 	"github.com/tokenrouter/tokenrouter/nodecore/engine"
@@ -247,12 +248,12 @@ func startBootstrap(t *testing.T) string {
 func startGateway(t *testing.T, dir, boot string, platform peer.ID, logs io.Writer) string {
 	t.Helper()
 	h := newHost(t, boot)
-	journal, err := gateway.OpenJournal(filepath.Join(dir, "journal"))
+	jr, err := journal.Open(filepath.Join(dir, "journal"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := gateway.DefaultConfig()
-	cfg.Host, cfg.Platform, cfg.HTTPAddr, cfg.Journal = h, platform, "127.0.0.1:0", journal
+	cfg.Host, cfg.Platform, cfg.HTTPAddr, cfg.Journal = h, platform, "127.0.0.1:0", jr
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	g, err := gateway.New(cfg)
 	if err != nil {
@@ -261,7 +262,7 @@ func startGateway(t *testing.T, dir, boot string, platform peer.ID, logs io.Writ
 	ctx, cancel := context.WithCancel(context.Background())
 	addr, done := make(chan string, 1), make(chan error, 1)
 	go func() { done <- g.Run(ctx, func(a string) { addr <- a }) }()
-	t.Cleanup(func() { cancel(); <-done; journal.Close() })
+	t.Cleanup(func() { cancel(); <-done; jr.Close() })
 	select {
 	case a := <-addr:
 		return "http://" + a

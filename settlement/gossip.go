@@ -14,6 +14,10 @@ import (
 	"github.com/tokenrouter/tokenrouter/p2p"
 )
 
+// twinCheckEvery is how often connections to one peer id from hosts with
+// different addresses are pinged (p2p.WatchTwins).
+const twinCheckEvery = 3 * time.Second
+
 // runReputation follows announcements, probes live instances, publishes
 // scores and keeps the window on disk until ctx ends.
 func (s *Settlement) runReputation(ctx context.Context) error {
@@ -35,6 +39,12 @@ func (s *Settlement) runReputation(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	self := s.cfg.Host.ID().String()
+	soon := func() {
+		select {
+		case publishSoon <- struct{}{}:
+		default:
+		}
+	}
 	wg.Go(func() {
 		for {
 			msg, err := sub.Next(ctx)
@@ -43,15 +53,36 @@ func (s *Settlement) runReputation(ctx context.Context) error {
 			}
 			// Nodes of another platform earn no reputation here: their
 			// claims are for another settlement peer.
-			if a, ok := msg.ValidatorData.(*p2p.Announcement); ok && a.Platform == self && s.rep.Announced(a, time.Now()) {
-				select {
-				case publishSoon <- struct{}{}:
-				default:
+			now := time.Now()
+			switch a := msg.ValidatorData.(type) {
+			case *p2p.Announcement:
+				if a.Platform != self {
+					continue
+				}
+				twin := s.observeTwins(a, now)
+				if s.rep.Announced(a, now) || twin {
+					soon()
+				}
+			case *p2p.StrayAnnouncement:
+				if a.Platform == self && s.observeTwins(&a.Announcement, now) {
+					soon()
 				}
 			}
 		}
 	})
 	wg.Go(func() { s.publishLoop(ctx, health, publishSoon) })
+	// Two hosts behind one peer id starve each other's gossip (GossipSub
+	// keeps one stream per peer id): watch connections too.
+	wg.Go(func() {
+		err := p2p.WatchTwins(ctx, s.cfg.Host, twinCheckEvery, func(h p2p.HostSighting) {
+			if s.observeHost(h.Peer, h.Addrs, h.Seq, time.Now()) {
+				soon()
+			}
+		})
+		if err != nil {
+			s.log.Warn("cannot watch connections for copied identities", "err", err)
+		}
+	})
 	wg.Go(func() { s.probeLoop(ctx) })
 	if f := s.cfg.Reputation.SnapshotFile; f != "" {
 		wg.Go(func() { s.saveLoop(ctx, f) })
@@ -77,6 +108,9 @@ func (s *Settlement) publishLoop(ctx context.Context, topic *pubsub.Topic, soon 
 			case <-time.After(200 * time.Millisecond):
 			}
 		}
+		for _, node := range s.rep.SweepRefusals(time.Now()) {
+			s.log.Warn("readmitting a node: only one host announces its peer id now", "node", node)
+		}
 		for _, r := range s.healthReports(&seq, time.Now()) {
 			data, _ := json.Marshal(r)
 			if err := topic.Publish(ctx, data); err != nil && ctx.Err() == nil {
@@ -90,12 +124,17 @@ func (s *Settlement) publishLoop(ctx context.Context, topic *pubsub.Topic, soon 
 // MaxScoresPerReport.
 func (s *Settlement) healthReports(seq *uint64, now time.Time) []*p2p.HealthReport {
 	scores := s.rep.Scores(now)
+	refused := s.rep.Refusals(now)
+	if len(refused) > p2p.MaxRefusalsPerReport {
+		refused = refused[:p2p.MaxRefusalsPerReport]
+	}
 	var out []*p2p.HealthReport
 	for len(scores) > 0 || len(out) == 0 {
 		n := min(len(scores), p2p.MaxScoresPerReport)
 		*seq++
 		out = append(out, &p2p.HealthReport{
 			TimeMs: now.UnixMilli(), Seq: *seq, RampStart: s.cfg.Reputation.Ramp.Start, Scores: scores[:n],
+			Refused: refused,
 		})
 		scores = scores[n:]
 	}
@@ -122,7 +161,7 @@ func (s *Settlement) probeLoop(ctx context.Context) {
 			sem <- struct{}{}
 			wg.Go(func() {
 				defer func() { <-sem }()
-				err := s.cfg.Host.Probe(ctx, id, in.Model, s.cfg.Reputation.ProbeTimeout)
+				err := s.prober.probe(ctx, id, in.Model)
 				switch {
 				case ctx.Err() != nil, errors.Is(err, p2p.ErrNodeFull):
 					// says nothing of its health
@@ -146,4 +185,21 @@ func (s *Settlement) saveLoop(ctx context.Context, path string) {
 	}
 	tick.Every(ctx, s.cfg.Reputation.SaveEvery, save)
 	save(time.Now()) // and once more on the way out
+}
+
+// observeTwins feeds an announcement to the twin detector, logs a refusal
+// that starts or ends, and reports whether one did.
+func (s *Settlement) observeTwins(a *p2p.Announcement, now time.Time) (changed bool) {
+	return s.observeHost(a.Node, a.Addrs, a.Seq, now)
+}
+
+func (s *Settlement) observeHost(node string, addrs []string, seq uint64, now time.Time) (changed bool) {
+	changed, ref, refused := s.rep.ObserveAddrs(node, addrs, seq, now)
+	switch {
+	case changed && refused:
+		s.log.Warn("refusing a node: its peer id is announced by more than one host", "node", node, "reason", ref.Reason)
+	case changed:
+		s.log.Warn("readmitting a node: only one host announces its peer id now", "node", node)
+	}
+	return changed
 }

@@ -37,6 +37,10 @@ func (s *Settlement) hold(remote peer.ID, req *p2p.SettleRequest) *p2p.SettleRes
 	if err != nil {
 		return rpcErr(p2p.CodeUnknownKey, "invalid API key")
 	}
+	if n := s.owing(account, remote); n > 0 {
+		return rpcErr(p2p.CodeInsufficient, fmt.Sprintf(
+			"this gateway served %d calls on the account without sending their receipts (its nodes' claims billed them); it gets no new credit until it sends them", n))
+	}
 	now := time.Now()
 	expires := time.UnixMilli(hr.ExpiresMs)
 	if expires.Before(now) || expires.After(now.Add(MaxHoldFor)) {

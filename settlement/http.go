@@ -23,6 +23,7 @@ func (s *Settlement) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/accounts", s.createAccount)
 	mux.HandleFunc("GET /v1/account", s.getAccount)
 	mux.HandleFunc("GET /v1/account/transactions", s.getTransactions)
+	mux.HandleFunc("GET /v1/receipts/{request_id}/proof", s.getReceiptProof)
 	mux.HandleFunc("GET /v1/bounties", s.getBounties)
 	mux.HandleFunc("GET /v1/nodes", s.getNodes)
 	mux.HandleFunc("GET /v1/network", s.getNetwork)
@@ -57,7 +58,7 @@ func (s *Settlement) createAccount(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.metrics.accounts.Inc()
-	info := accountInfo(a)
+	info := s.accountInfo(a)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusCreated)
 	json.NewEncoder(w).Encode(struct {
@@ -150,6 +151,13 @@ func (s *Settlement) keyAccount(w http.ResponseWriter, r *http.Request) (string,
 type nodeView struct {
 	Node      string              `json:"node"`
 	Instances []p2p.InstanceScore `json:"instances"` // live ones: health score and ramp-up per model
+	// Status is "ok", or why the network refuses the node (Reason in words,
+	// since RefusedSinceMs): p2p.RefusedDuplicateIdentity when two hosts
+	// announce its peer id.
+	Status            string `json:"status"`
+	Reason            string `json:"reason,omitempty"`
+	DuplicateIdentity string `json:"duplicate_identity,omitempty"`
+	RefusedSinceMs    int64  `json:"refused_since_ms,omitempty"`
 }
 
 // getNodes is GET /v1/nodes: the nodes linked to the caller's account.
@@ -161,7 +169,13 @@ func (s *Settlement) getNodes(w http.ResponseWriter, r *http.Request) {
 	scores := s.rep.Scores(time.Now())
 	out := []nodeView{}
 	for _, n := range s.led.Nodes(account) {
-		v := nodeView{Node: n, Instances: []p2p.InstanceScore{}}
+		v := nodeView{Node: n, Instances: []p2p.InstanceScore{}, Status: "ok"}
+		if ref, ok := s.rep.Refusal(n, time.Now()); ok {
+			v.Status, v.Reason, v.RefusedSinceMs = ref.Status, ref.Reason, ref.SinceMs
+			if ref.Status == p2p.RefusedDuplicateIdentity {
+				v.DuplicateIdentity = ref.Reason
+			}
+		}
 		for _, sc := range scores {
 			if sc.Node == n {
 				v.Instances = append(v.Instances, sc)

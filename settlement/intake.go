@@ -41,6 +41,7 @@ type checked struct {
 	provider string
 	cost     int64
 	holdID   string // ledger id of the hold, "" for none
+	claim    bool   // billed from the node's own claim: its gateway sent no receipt
 	done     chan Outcome
 }
 
@@ -323,8 +324,16 @@ func (in *intake) commit(batch []*checked) {
 		}
 		return
 	}
+	var drop []string // node claims their receipts settled
 	for i, c := range batch {
 		res := results[i]
+		switch {
+		case c.claim:
+		case res.Err == nil:
+			s.receiptSettled(c.r, &drop)
+		case errors.Is(res.Err, ledger.ErrConflict) && s.lateReceipt(c.r):
+			res.Err = nil // billed from its node's claim already: a duplicate
+		}
 		if errors.Is(res.Err, ledger.ErrInsufficientFunds) {
 			// The consumer (or, rarely, the bounty pool) could not cover it:
 			// charge what is there, on its own.
@@ -335,6 +344,9 @@ func (in *intake) commit(batch []*checked) {
 			s.rep.Record(c.r.Node, c.r.Model, nodecore.EventSuccess, 1, now)
 		}
 		c.done <- Outcome{Applied: res.Applied, Err: res.Err}
+	}
+	if len(drop) > 0 {
+		s.led.DeleteSide(drop...)
 	}
 }
 

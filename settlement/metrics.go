@@ -6,6 +6,7 @@ type metrics struct {
 	receipts   *prometheus.CounterVec
 	settledUcr prometheus.Counter
 	accounts   prometheus.Counter
+	claims     *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) metrics {
@@ -22,8 +23,12 @@ func newMetrics(reg *prometheus.Registry) metrics {
 			Name: "tokenrouter_settle_accounts_created_total",
 			Help: "Accounts created.",
 		}),
+		claims: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenrouter_settle_node_claims_total",
+			Help: "Nodes' own claims, by outcome (pending, matched by a receipt, billed without one, disputed, refused).",
+		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.receipts, m.settledUcr, m.accounts,
+	reg.MustRegister(m.receipts, m.settledUcr, m.accounts, m.claims,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

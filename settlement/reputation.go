@@ -23,6 +23,9 @@ type ReputationConfig struct {
 	ProbeTimeout time.Duration // how long a probe may take
 	SnapshotFile string        // where the window is kept across restarts ("" = memory only)
 	SaveEvery    time.Duration // how often the snapshot is written
+	// Twins tunes the detection of one peer id announced by two hosts (zero
+	// fields: nodecore.DefaultTwinConfig).
+	Twins nodecore.TwinConfig
 }
 
 // DefaultReputationConfig returns the defaults.
@@ -63,6 +66,7 @@ type Reputation struct {
 	instances map[string]*repInstance   // key: node + "/" + model
 	nodes     map[string][]*repInstance // each node's instances
 	models    map[string]int            // instances per model, ever seen
+	twins     *nodecore.TwinDetector    // peer ids two hosts announce: refused
 }
 
 type repInstance struct {
@@ -77,7 +81,8 @@ type repInstance struct {
 
 // NewReputation returns an empty reputation.
 func NewReputation(cfg ReputationConfig) *Reputation {
-	return &Reputation{cfg: cfg, instances: map[string]*repInstance{}, nodes: map[string][]*repInstance{}, models: map[string]int{}}
+	return &Reputation{cfg: cfg, instances: map[string]*repInstance{}, nodes: map[string][]*repInstance{}, models: map[string]int{},
+		twins: nodecore.NewTwinDetector(cfg.Twins)}
 }
 
 func (r *Reputation) instance(node, model string, now time.Time) (*repInstance, bool) {
@@ -273,4 +278,52 @@ func (r *Reputation) Load(path string) error {
 	defer r.mu.Unlock()
 	r.instances, r.nodes, r.models = m, nodes, models
 	return nil
+}
+
+// ObserveAddrs feeds the twin detector with an announcement (in order or a
+// stray) received at now. It reports whether the node's refusal changed,
+// and the refusal when it is refused.
+// (A p2p.HostSighting, a host found alive behind a connection, counts as
+// an announcement: its listen addresses and peer record sequence.)
+func (r *Reputation) ObserveAddrs(node string, addrs []string, seq uint64, now time.Time) (changed bool, ref p2p.Refusal, refused bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	refused, changed = r.twins.Observe(node, addrs, seq, now)
+	if refused {
+		ref, _ = r.refusal(node, now)
+	}
+	return changed, ref, refused
+}
+
+func (r *Reputation) refusal(node string, now time.Time) (p2p.Refusal, bool) {
+	f, ok := r.twins.Flag(node, now)
+	if !ok {
+		return p2p.Refusal{}, false
+	}
+	return p2p.Refusal{Node: node, Status: p2p.RefusedDuplicateIdentity, Reason: f.Reason, SinceMs: f.Since.UnixMilli()}, true
+}
+
+// Refusal returns node's refusal at now, if it is refused.
+func (r *Reputation) Refusal(node string, now time.Time) (p2p.Refusal, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.refusal(node, now)
+}
+
+// Refusals returns every node refused at now, sorted by node.
+func (r *Reputation) Refusals(now time.Time) []p2p.Refusal {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []p2p.Refusal
+	for _, f := range r.twins.Flags(now) {
+		out = append(out, p2p.Refusal{Node: f.Peer, Status: p2p.RefusedDuplicateIdentity, Reason: f.Reason, SinceMs: f.Since.UnixMilli()})
+	}
+	return out
+}
+
+// SweepRefusals clears the refusals due at now and returns the nodes cleared.
+func (r *Reputation) SweepRefusals(now time.Time) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.twins.Sweep(now)
 }

@@ -46,6 +46,11 @@ func (s *Settlement) handle(_ context.Context, remote peer.ID, req *p2p.SettleRe
 		return s.hold(remote, req)
 	case p2p.OpRelease:
 		return s.release(remote, req)
+	case p2p.OpClaims:
+		if len(req.Receipts) > maxClaimsPerCall {
+			return rpcErr(p2p.CodeInvalid, fmt.Sprintf("at most %d claims a call", maxClaimsPerCall))
+		}
+		return s.handleClaims(remote, req.Receipts)
 	case p2p.OpScores:
 		var seq uint64
 		reports := s.healthReports(&seq, time.Now())
@@ -88,7 +93,7 @@ func (s *Settlement) account(key string) *p2p.SettleResponse {
 	if err != nil {
 		return rpcErr(p2p.CodeInternal, "account unavailable")
 	}
-	return &p2p.SettleResponse{Account: accountInfo(a)}
+	return &p2p.SettleResponse{Account: s.accountInfo(a)}
 }
 
 func (s *Settlement) registerNode(remote peer.ID, r *p2p.NodeRegistration) *p2p.SettleResponse {
@@ -116,7 +121,7 @@ func (s *Settlement) registerNode(remote peer.ID, r *p2p.NodeRegistration) *p2p.
 		return rpcErr(p2p.CodeInternal, "account unavailable")
 	}
 	s.log.Info("node linked", "node", r.Node, "account", id)
-	return &p2p.SettleResponse{Account: accountInfo(a)}
+	return &p2p.SettleResponse{Account: s.accountInfo(a)}
 }
 
 // Errors from ApplyReceipt.

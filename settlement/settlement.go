@@ -39,8 +39,14 @@ type Config struct {
 	SignupLimit    int                  // accounts per client address per SignupWindow; 0 = unlimited
 	SignupWindow   time.Duration        // the window SignupLimit counts over
 	Reputation     ReputationConfig
-	Cloud          CloudConfig  // hosted cloud-account nodes; off unless Cloud.Dir is set
-	Logger         *slog.Logger // nil = discard
+	Cloud          CloudConfig // hosted cloud-account nodes; off unless Cloud.Dir is set
+	// ClaimGrace is how long a node's own claim waits for its gateway's
+	// receipt before it bills the call by itself.
+	ClaimGrace time.Duration
+	// ProbeRotate is how long the prober keeps one identity (peer id and
+	// probe account) before it takes a new one.
+	ProbeRotate time.Duration
+	Logger      *slog.Logger // nil = discard
 }
 
 // DefaultConfig returns the defaults; Host and Ledger must be set.
@@ -56,6 +62,8 @@ func DefaultConfig() Config {
 		SignupWindow:   time.Hour,
 		Reputation:     DefaultReputationConfig(),
 		Cloud:          DefaultCloudConfig(),
+		ClaimGrace:     2 * time.Minute,  // gateways send receipts within ~50 ms and retry for minutes through outages
+		ProbeRotate:    10 * time.Minute, // ten probes a node at most from one peer id, as from one more gateway
 	}
 }
 
@@ -76,6 +84,10 @@ func (c *Config) Validate() error {
 		return c.Bounty.Validate()
 	case c.StartingCredit < 0:
 		return errors.New("settlement: starting credit cannot be negative")
+	case c.ClaimGrace <= 0:
+		return errors.New("settlement: the claim grace must be positive")
+	case c.ProbeRotate <= 0:
+		return errors.New("settlement: the probe identity rotation must be positive")
 	case c.SignupLimit < 0:
 		return errors.New("settlement: signup limit cannot be negative")
 	case c.Cloud.Validate() != nil:
@@ -104,6 +116,8 @@ type Settlement struct {
 	metrics  metrics
 	cloud    *cloudNodes // nil when hosted cloud nodes are off
 	claims   *p2p.ClaimVerifier
+	book     *claimBook // nodes' own claims, unreceipted calls, disputes
+	prober   *prober    // probes from rotating identities, shaped like consumers' calls
 }
 
 // New checks cfg and returns a settlement peer ready to Run.
@@ -133,6 +147,11 @@ func New(cfg Config) (*Settlement, error) {
 		return nil, err
 	}
 	s.stopped = make(chan struct{})
+	s.book = newClaimBook()
+	s.prober = newProber(s)
+	if err := s.loadClaims(); err != nil {
+		return nil, fmt.Errorf("settlement: node claims: %w", err)
+	}
 	if f := cfg.Reputation.SnapshotFile; f != "" {
 		if err := s.rep.Load(f); err != nil {
 			return nil, err
@@ -164,11 +183,12 @@ func (s *Settlement) Run(ctx context.Context, ready func(httpAddr string)) error
 		s.intake.drain()
 	})
 	loops.Go(func() { s.expireLoop(ctx, 5*time.Second) })
+	loops.Go(func() { s.claimLoop(ctx, min(time.Second, s.cfg.ClaimGrace/4)) })
 	loops.Go(func() { s.bountyLoop(ctx, 10*time.Second) })
 	if s.cloud != nil {
 		loops.Go(func() { s.cloud.run(ctx) })
 	}
-	defer func() { cancel(); <-repDone; loops.Wait() }()
+	defer func() { cancel(); <-repDone; loops.Wait(); s.prober.close() }()
 	if s.cfg.HTTPAddr == "" {
 		if ready != nil {
 			ready("")
@@ -205,18 +225,21 @@ func (s *Settlement) Reputation() *Reputation { return s.rep }
 func (s *Settlement) Ledger() *ledger.Ledger { return s.led }
 
 // accountInfo renders an account for the wire and the HTTP API.
-func accountInfo(a ledger.AccountState) *p2p.AccountInfo {
+func (s *Settlement) accountInfo(a ledger.AccountState) *p2p.AccountInfo {
+	disputes, unrec := s.claimStanding(a.ID)
 	return &p2p.AccountInfo{
-		Account:        a.ID,
-		BalanceUcr:     a.Balance,
-		EarnedUcr:      a.Earned,
-		SpentUcr:       a.Spent,
-		Calls:          a.Calls,
-		StartingCredit: a.StartingCredit,
-		HeldUcr:        a.Held,
-		AvailableUcr:   a.Available(),
-		Balance:        economy.FormatCredits(a.Balance),
-		Earned:         economy.FormatCredits(a.Earned),
-		Spent:          economy.FormatCredits(a.Spent),
+		Disputes:         disputes,
+		UnreceiptedCalls: unrec,
+		Account:          a.ID,
+		BalanceUcr:       a.Balance,
+		EarnedUcr:        a.Earned,
+		SpentUcr:         a.Spent,
+		Calls:            a.Calls,
+		StartingCredit:   a.StartingCredit,
+		HeldUcr:          a.Held,
+		AvailableUcr:     a.Available(),
+		Balance:          economy.FormatCredits(a.Balance),
+		Earned:           economy.FormatCredits(a.Earned),
+		Spent:            economy.FormatCredits(a.Spent),
 	}
 }

@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/tokenrouter/tokenrouter/gateway"
+	"github.com/tokenrouter/tokenrouter/internal/journal"
 	"github.com/tokenrouter/tokenrouter/internal/launch"
 	"github.com/tokenrouter/tokenrouter/p2p"
 )
@@ -38,6 +39,10 @@ call to the least-loaded live node and bills it through the settlement peer.`,
 	f.DurationVar(&o.MaxCallTime, "max-call-time", d.MaxCallTime, "how long one call may take in all (504, or an error event on a stream)")
 	f.BoolVar(&o.JournalSyncEach, "journal-sync-each", false,
 		"fsync each call's receipt before answering it; by default receipts are written before the answer and fsync'd within "+
-			gateway.DefaultJournalConfig().SyncInterval.String()+" (a power cut can lose the bills of the last few ms of calls, a crashed process none)")
+			journal.DefaultConfig().SyncInterval.String()+" (a power cut can lose the bills of the last few ms of calls, a crashed process none)")
+	// A consumer's modified gateway, played in tests: it bills its clients
+	// and sends settlement no receipt (the nodes' own claims bill the calls).
+	f.BoolVar(&o.DropReceipts, "drop-receipts", false, "never send receipts to the settlement peer (tests only)")
+	f.MarkHidden("drop-receipts")
 	return cmd
 }

@@ -57,6 +57,8 @@ local engines (tokenrouter dev sets it); never use it on a public platform.`,
 	f.StringVar(&o.HTTP, "http", "127.0.0.1:8090", "HOST:PORT for the HTTP API (accounts)")
 	f.StringVar(&o.PricesFile, "prices", "", "price table file (JSON or YAML): µcr per 1M input/output tokens per model")
 	f.IntVar(&o.SignupLimit, "signup-limit", 5, "accounts one client address may create per hour (0 = unlimited)")
+	f.DurationVar(&o.ClaimGrace, "claim-grace", settlement.DefaultConfig().ClaimGrace,
+		"how long a node's own claim for a call waits for its gateway's receipt before it bills the call by itself")
 	f.Float64Var(&o.RampStart, "ramp-start", 0.10, "fraction of its declared capacity a new instance may use at first")
 	f.DurationVar(&o.RampPeriod, "ramp-period", 7*24*time.Hour, "time for a new instance to reach its full declared capacity")
 	f.DurationVar(&o.ProbeEvery, "probe-every", time.Minute, "how often the settlement peer probes each live instance")

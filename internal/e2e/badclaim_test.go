@@ -8,7 +8,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/openai/openai-go/v3"
-	"github.com/tokenrouter/tokenrouter/gateway"
+	"github.com/tokenrouter/tokenrouter/internal/journal"
 	"github.com/tokenrouter/tokenrouter/internal/launch"
 	"github.com/tokenrouter/tokenrouter/nodecore/provider"
 	"github.com/tokenrouter/tokenrouter/settlement/economy"
@@ -64,7 +64,7 @@ func TestBadClaimSignatureIsNotPaid(t *testing.T) {
 	if err := m.Stop(); err != nil {
 		t.Fatalf("mesh stopped with errors: %v", err)
 	}
-	j, err := gateway.OpenJournal(filepath.Join(m.Dir, "gateway", "journal"))
+	j, err := journal.Open(filepath.Join(m.Dir, "gateway", "journal"))
 	if err != nil {
 		t.Fatal(err)
 	}

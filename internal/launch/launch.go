@@ -19,6 +19,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/tokenrouter/tokenrouter/bootstrap"
 	"github.com/tokenrouter/tokenrouter/gateway"
+	"github.com/tokenrouter/tokenrouter/internal/journal"
 	"github.com/tokenrouter/tokenrouter/nodecore/engine"
 	"github.com/tokenrouter/tokenrouter/nodecore/provider"
 	"github.com/tokenrouter/tokenrouter/p2p"
@@ -89,6 +90,8 @@ type SettleOptions struct {
 	RampStart   float64       // fraction of declared capacity a new instance starts at (0 = default)
 	RampPeriod  time.Duration // time to full capacity (0 = default)
 	ProbeEvery  time.Duration // probe interval (0 = default)
+	ClaimGrace  time.Duration // how long a node's claim waits for its receipt (0 = default)
+	ProbeRotate time.Duration // how long the prober keeps one identity (0 = default)
 	// MasterKey seals hosted cloud nodes' API tokens: 32 bytes as hex or
 	// base64, the value of TOKENROUTER_MASTER_KEY. "" = MasterKeyFile.
 	MasterKey string
@@ -122,6 +125,12 @@ func Settle(ctx context.Context, o SettleOptions) error {
 	}
 	if o.ProbeEvery > 0 {
 		cfg.Reputation.ProbeEvery = o.ProbeEvery
+	}
+	if o.ClaimGrace > 0 {
+		cfg.ClaimGrace = o.ClaimGrace
+	}
+	if o.ProbeRotate > 0 {
+		cfg.ProbeRotate = o.ProbeRotate
 	}
 	cfg.Reputation.SnapshotFile = filepath.Join(o.Data, "health.json")
 	cfg.PriceHistory = filepath.Join(o.Data, "price-history.json")
@@ -214,6 +223,14 @@ func Node(ctx context.Context, o NodeOptions) error {
 		cfg.Capacity = o.Capacity
 	}
 	cfg.ModelCapacity, cfg.MaxInFlight = o.ModelCapacity, o.MaxInFlight
+	jcfg := journal.DefaultConfig()
+	jcfg.Logger = log
+	claims, err := journal.OpenConfig(filepath.Join(o.Data, "claims"), jcfg)
+	if err != nil {
+		return fmt.Errorf("claim log: %w", err)
+	}
+	defer claims.Close()
+	cfg.ClaimLog = claims
 	if o.Tune != nil {
 		o.Tune(&cfg)
 	}
@@ -237,6 +254,8 @@ type GatewayOptions struct {
 	IdleTime    time.Duration // 0 = the default
 	// JournalSyncEach fsyncs each receipt before its call is answered.
 	JournalSyncEach bool
+	// DropReceipts: never send receipts (a dishonest gateway, for tests).
+	DropReceipts bool
 	// Tune, when set, adjusts the configuration last (tests use it).
 	Tune func(*gateway.Config)
 }
@@ -254,18 +273,19 @@ func Gateway(ctx context.Context, o GatewayOptions) error {
 	}
 	defer h.Close()
 	defer p2p.RemoveRunFiles(o.Data)
-	jcfg := gateway.DefaultJournalConfig()
+	jcfg := journal.DefaultConfig()
 	jcfg.SyncEach, jcfg.Logger = o.JournalSyncEach, log
-	journal, err := gateway.OpenJournalConfig(filepath.Join(o.Data, "journal"), jcfg)
+	jr, err := journal.OpenConfig(filepath.Join(o.Data, "journal"), jcfg)
 	if err != nil {
 		return err
 	}
-	defer journal.Close()
+	defer jr.Close()
 	cfg := gateway.DefaultConfig()
-	cfg.Host, cfg.Platform, cfg.HTTPAddr, cfg.Logger, cfg.Journal = h, platform, o.HTTP, log, journal
+	cfg.Host, cfg.Platform, cfg.HTTPAddr, cfg.Logger, cfg.Journal = h, platform, o.HTTP, log, jr
 	if cfg.HTTPAddr == "" {
 		cfg.HTTPAddr = "127.0.0.1:8080"
 	}
+	cfg.DropReceipts = o.DropReceipts
 	setIf(&cfg.MaxBody, o.MaxBody)
 	setIf(&cfg.MaxTokens, o.MaxTokens)
 	setIf(&cfg.RequestsPerMinute, o.RPMLimit)

@@ -29,6 +29,9 @@ type MeshOptions struct {
 	SettleAddr  string        // HOST:PORT for the settlement peer's HTTP API
 	Capacity    int           // per node; 0 = the node default
 	RampStart   float64       // settlement's ramp-up start (0 = the default 10%)
+	ClaimGrace  time.Duration // how long node claims wait for receipts (0 = the default 2m)
+	ProbeEvery  time.Duration // settlement's probe interval (0 = the default)
+	ProbeRotate time.Duration // how long the prober keeps one identity (0 = the default)
 	Logger      *slog.Logger  // nil = discard
 	ReadyWait   time.Duration // how long to wait for each role
 	OperatorKey string        // reuse this account for the nodes if the ledger knows it
@@ -119,7 +122,8 @@ func StartMesh(parent context.Context, o MeshOptions) (*Mesh, error) {
 	m.run("settle", func() error {
 		return Settle(ctx, SettleOptions{
 			Common: Common{Data: sdir, Listen: loopback, Bootstrap: boot, Logger: log.With("role", "settle")},
-			HTTP:   o.SettleAddr, SignupLimit: 0, RampStart: o.RampStart,
+			HTTP:   o.SettleAddr, SignupLimit: 0, RampStart: o.RampStart, ClaimGrace: o.ClaimGrace,
+			ProbeEvery: o.ProbeEvery, ProbeRotate: o.ProbeRotate,
 			CloudAllowPrivate: true, // the dev mesh's engines are local: hosted nodes may call them
 		})
 	})

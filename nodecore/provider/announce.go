@@ -12,6 +12,9 @@ import (
 // announceLoop publishes the node's load on change (at most every
 // cfg.Announce) and at least every cfg.Heartbeat.
 func (n *Node) announceLoop(ctx context.Context) {
+	refusals := make(chan struct{})
+	go func() { defer close(refusals); n.watchRefusals(ctx) }()
+	defer func() { <-refusals }()
 	n.publish(ctx)
 	last := time.Now()
 	heartbeat := time.NewTicker(n.cfg.Heartbeat)

@@ -17,6 +17,7 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tokenrouter/tokenrouter/internal/journal"
 	"github.com/tokenrouter/tokenrouter/nodecore/engine"
 	"github.com/tokenrouter/tokenrouter/p2p"
 )
@@ -60,6 +61,16 @@ type Config struct {
 	// instead of the host's key (nil = the host's key). Only tests set it,
 	// to play a node whose MACs and signatures do not match its peer id.
 	ClaimKey crypto.PrivKey
+	// ClaimLog keeps the node's own claims until the settlement peer
+	// acknowledges them (nil = memory only: a crash loses the unsent ones,
+	// which their gateways' receipts still bill).
+	ClaimLog *journal.Journal
+	// ClaimHook, when set, alters every claim before it is MAC'd. Only
+	// tests set it, to play a node that inflates its claims.
+	ClaimHook func(*p2p.NodeClaim)
+	// OnCall, when set, is told of every call's request header and the
+	// peer that sent it. Only tests set it.
+	OnCall func(from string, req p2p.InferRequest)
 }
 
 // DefaultConfig returns the defaults; Host, Upstream and Platform must be set.
@@ -156,6 +167,7 @@ type Node struct {
 	account   string
 	claims    *claimMemory
 	claimAuth *p2p.ClaimAuth // MACs each claim for the settlement peer
+	reporter  *claimReporter // sends the node's own claims to the settlement peer
 }
 
 // instance is one model this node serves, with its own capacity and load.
@@ -194,6 +206,7 @@ func New(cfg Config) (*Node, error) {
 		changed:   make(chan struct{}, 1),
 		seq:       uint64(time.Now().UnixNano()),        // grows across restarts, so validators accept a restarted node
 		claims:    newClaimMemory(time.Hour, 1_000_000), // gateways ask for batch signatures within seconds
+		reporter:  newClaimReporter(cfg.Host, cfg.Platform, log, cfg.ClaimLog),
 	}, nil
 }
 
@@ -216,6 +229,15 @@ func (n *Node) Run(ctx context.Context, ready func()) error {
 	defer n.cfg.Host.RemoveStreamHandler(p2p.ProtoInfer)
 	p2p.ServeClaims(n.cfg.Host, n.cfg.ClaimKey, n.claims.known)
 	defer n.cfg.Host.RemoveStreamHandler(p2p.ProtoClaims)
+	reportCtx, stopReports := context.WithCancel(context.WithoutCancel(ctx))
+	reportsDone := make(chan struct{})
+	go func() { n.reporter.run(reportCtx); close(reportsDone) }()
+	defer func() {
+		// Claims of the last calls get a moment to reach settlement; what
+		// does not stays in the claim log for the next run.
+		time.AfterFunc(2*claimReportLinger, stopReports)
+		<-reportsDone
+	}()
 	n.log.Info("node serving", "peer", n.cfg.Host.ID().String(), "models", n.Models(), "capacity", n.cfg.Capacity, "model_capacity", n.cfg.ModelCapacity)
 	if ready != nil {
 		ready()

@@ -128,6 +128,9 @@ func (c *call) serve(parent context.Context, req []byte) (watched <-chan frameRe
 	if err := json.Unmarshal(req, &c.req); err != nil {
 		return nil, fmt.Errorf("bad request header: %w", err)
 	}
+	if h := c.n.cfg.OnCall; h != nil {
+		h(c.gw, c.req)
+	}
 	n := c.n
 	if !upstreamPaths[c.req.Path] {
 		return nil, c.refuse(http.StatusNotFound, "invalid_request_error", "unknown_endpoint", "this node does not serve "+c.req.Path)
@@ -420,14 +423,34 @@ func (c *call) relayStream(ctx context.Context, body io.Reader, request []byte, 
 // trailer sends the node's claim for this call, with its MAC for the
 // settlement peer; the node remembers it to sign it again in a batch.
 func (c *call) trailer(claim p2p.NodeClaim) error {
-	if err := c.write(p2p.FrameTrailer, c.seal(claim)); err != nil {
+	claim, mac := c.sealed(claim)
+	t, _ := json.Marshal(p2p.Trailer{Claim: claim, MAC: mac})
+	if err := c.write(p2p.FrameTrailer, t); err != nil {
 		return err
 	}
 	if err := c.flush(); err != nil {
 		return err
 	}
 	c.done = true
+	c.report(claim, mac)
 	return nil
+}
+
+// report sends the node's claim to the settlement peer on its own, with
+// the grant and hold the gateway presented: the call is paid even if the
+// gateway never sends its receipt. A call without a grant (a probe, an old
+// gateway) is billed by receipts alone.
+func (c *call) report(claim p2p.NodeClaim, mac []byte) {
+	g := c.req.Grant
+	if g == nil {
+		return
+	}
+	c.n.reporter.submit(&p2p.Receipt{
+		RequestID: claim.RequestID, Model: claim.Model, Consumer: g.Account,
+		Node: claim.Node, Gateway: claim.Gateway,
+		PromptTokens: claim.PromptTokens, CompletionTokens: claim.CompletionTokens,
+		TimeMs: time.Now().UnixMilli(), Claim: claim, NodeMAC: mac, Grant: g, Hold: c.req.Hold,
+	})
 }
 
 // checkpoint sends, with the next write, the node's claim for the output
@@ -447,13 +470,22 @@ func (c *call) checkpoint(prompt, outChars, outChunks int64) error {
 // seal fills in whose call a claim is for, remembers it for the gateway's
 // batch signature, and returns it encoded as a Trailer with its MAC.
 func (c *call) seal(claim p2p.NodeClaim) []byte {
+	claim, mac := c.sealed(claim)
+	t, _ := json.Marshal(p2p.Trailer{Claim: claim, MAC: mac})
+	return t
+}
+
+// sealed is seal before encoding: the claim filled in, and its MAC.
+func (c *call) sealed(claim p2p.NodeClaim) (p2p.NodeClaim, []byte) {
 	claim.RequestID = c.req.RequestID
 	claim.Model = c.req.Model
 	claim.Node = c.n.cfg.Host.IDString()
 	claim.Gateway = c.gw
+	if h := c.n.cfg.ClaimHook; h != nil {
+		h(&claim)
+	}
 	c.n.claims.add(claim.Gateway, claim.Hash(), time.Now())
-	t, _ := json.Marshal(p2p.Trailer{Claim: claim, MAC: c.n.claimAuth.MAC(claim)})
-	return t
+	return claim, c.n.claimAuth.MAC(claim)
 }
 
 // measure folds one call's generation rate into the node's EWMA.

@@ -15,21 +15,34 @@ import (
 )
 
 // ChainLink seals one committed batch. Every batch that moves money or
-// changes holds appends a link in the same pebble batch:
+// changes holds appends a link in the same pebble batch. Links of version 2
+// (written since inclusion proofs) commit to an RFC 6962 Merkle tree over
+// the batch's transfers (see merkle.go):
+//
+//	Root     = Merkle root of the transfers' leaves (SHA-256 of nothing if none)
+//	EventSum = SHA-256(event entries)
+//	Digest   = SHA-256("tokenrouter/ledger/v2" || u64 nTx || Root || u64 nEv || EventSum)
+//	Hash     = SHA-256(Prev || Digest || u64 Seq || u64 Time)
+//	Sig      = Signer.Sign(Hash)
+//
+// Links of version 1 (earlier stores; still verified) have no Root or
+// EventSum and
 //
 //	Digest = SHA-256("tokenrouter/ledger/v1" || u64 nTx || SHA-256(tx entries) || u64 nEv || SHA-256(event entries))
-//	Hash   = SHA-256(Prev || Digest || u64 Seq || u64 Time)
-//	Sig    = Signer.Sign(Hash)
 //
 // where a tx entry (one per transfer, not per posting record) is 't' ||
 // u64 seq || str id || str from || str to || u64 amount || str kind and an event entry is 'e' || u64 seq || str hold ||
 // str account || str holder || u64 delta || closed || kind || u64 expires (u64 big-endian,
-// str a uvarint length and the bytes), each in sequence order.
+// str a uvarint length and the bytes), each in sequence order. The
+// domain strings differ, so a link cannot pass for the other version.
 type ChainLink struct {
-	Seq    uint64   // 1, 2, ...
-	Prev   [32]byte // Hash of link Seq-1 (zero for the first)
-	Hash   [32]byte
-	Digest [32]byte
+	Version byte     // record format: 1 or 2 (see above)
+	Seq     uint64   // 1, 2, ...
+	Prev    [32]byte // Hash of link Seq-1 (zero for the first)
+	Hash    [32]byte
+	Digest  [32]byte
+	// Root and EventSum are set in version 2 links.
+	Root, EventSum [32]byte
 	// FirstTx..LastTx are the transfer sequence numbers the batch added
 	// (0, 0 if none); FirstEvent..LastEvent its hold events likewise.
 	FirstTx, LastTx       uint64
@@ -93,6 +106,17 @@ func linkDigest(nTx uint64, txSum [32]byte, nEv uint64, evSum [32]byte) [32]byte
 	return sha256.Sum256(b)
 }
 
+// linkDigestV2 is the Digest of a version 2 link.
+func linkDigestV2(nTx uint64, root [32]byte, nEv uint64, evSum [32]byte) [32]byte {
+	b := make([]byte, 0, 21+8+32+8+32)
+	b = append(b, "tokenrouter/ledger/v2"...)
+	b = binary.BigEndian.AppendUint64(b, nTx)
+	b = append(b, root[:]...)
+	b = binary.BigEndian.AppendUint64(b, nEv)
+	b = append(b, evSum[:]...)
+	return sha256.Sum256(b)
+}
+
 func linkHash(prev, digest [32]byte, seq uint64, time int64) [32]byte {
 	b := make([]byte, 0, 80)
 	b = append(b, prev[:]...)
@@ -105,7 +129,8 @@ func linkHash(prev, digest [32]byte, seq uint64, time int64) [32]byte {
 // Verify opens the closed ledger in dir read-only (it writes nothing) and
 // re-checks it: that the newest WAL ends cleanly; every sstable's block and
 // footer checksums; every chain link's Prev, Digest
-// (recomputed from the stored transfer and hold-event records), Hash and,
+// (recomputed from the stored transfer and hold-event records), Merkle root
+// over the batch's transfers (version 2 links), Hash and,
 // if pub is not nil, signature (a missing one fails); that transfer and
 // event sequence numbers are contiguous and all covered by links; that every
 // account's stored balance is the sum of its transfers, its Held the sum of
@@ -151,7 +176,7 @@ func checkWALTail(opts Options, dir string) error {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("ledger: verify: WAL %s does not end cleanly (damaged, or the ledger crashed: open it once to recover): %w", newest, err)
+			return fmt.Errorf("ledger: WAL %s does not end cleanly (damaged, or the ledger crashed: open it once to recover): %w", newest, err)
 		}
 	}
 }
@@ -287,6 +312,7 @@ func verifyDB(db pebble.Reader, pub Verifier) (VerifyReport, error) {
 	var prev ChainLink
 	nextTx, nextEv := uint64(1), uint64(1)
 	txSum, evSum := sha256.New(), sha256.New()
+	var tree merkleAcc
 	var buf []byte
 	var rec postingRec
 	err = scanPrefix(db, prefixLink, func(k string, v []byte) error {
@@ -310,8 +336,13 @@ func verifyDB(db pebble.Reader, pub Verifier) (VerifyReport, error) {
 			return tampered("%s: hold events %d..%d: %v", where, c.FirstEvent, c.LastEvent, err)
 		}
 		txSum.Reset()
+		tree.reset()
+		sink := txSink{h: txSum}
+		if c.Version >= 2 {
+			sink = txSink{tree: &tree}
+		}
 		for seq := c.FirstTx; nTx > 0 && seq <= c.LastTx; seq += uint64(len(rec.txs)) {
-			if buf, err = replayPosting(txs, seq, c.LastTx, &rec, sums, txSum, buf); err != nil {
+			if buf, err = replayPosting(txs, seq, c.LastTx, &rec, sums, sink, buf); err != nil {
 				return fmt.Errorf("%s: %w", where, err)
 			}
 		}
@@ -326,7 +357,17 @@ func verifyDB(db pebble.Reader, pub Verifier) (VerifyReport, error) {
 		var ts, es [32]byte
 		txSum.Sum(ts[:0])
 		evSum.Sum(es[:0])
-		if d := linkDigest(nTx, ts, nEv, es); d != c.Digest {
+		d := linkDigest(nTx, ts, nEv, es)
+		if c.Version >= 2 {
+			if root := tree.root(); root != c.Root {
+				return tampered("%s: transfers' Merkle root is %x, link says %x", where, root[:6], c.Root[:6])
+			}
+			if es != c.EventSum {
+				return tampered("%s: hold events digest to %x, link says %x", where, es[:6], c.EventSum[:6])
+			}
+			d = linkDigestV2(nTx, c.Root, nEv, c.EventSum)
+		}
+		if d != c.Digest {
 			return tampered("%s: records digest to %x, link says %x", where, d[:6], c.Digest[:6])
 		}
 		if h := linkHash(c.Prev, c.Digest, c.Seq, c.Time); h != c.Hash {
@@ -378,10 +419,17 @@ func rangeLen(first, last, next uint64) (uint64, error) {
 	return last - first + 1, nil
 }
 
+// txSink takes a batch's transfers: their digest entries into h (version 1
+// links) or their leaf hashes into tree (version 2).
+type txSink struct {
+	h    hash.Hash
+	tree *merkleAcc
+}
+
 // replayPosting reads the posting record t/<seq>, which must end at or
-// before transfer last, into rec, hashes its transfers' digest entries and
-// adds them to sums.
-func replayPosting(txs *seqIter, seq, last uint64, rec *postingRec, sums map[string]int64, h hash.Hash, buf []byte) ([]byte, error) {
+// before transfer last, into rec, hashes its transfers into sink and adds
+// them to sums.
+func replayPosting(txs *seqIter, seq, last uint64, rec *postingRec, sums map[string]int64, sink txSink, buf []byte) ([]byte, error) {
 	v, err := txs.next(seq)
 	if err != nil {
 		return buf, err
@@ -398,8 +446,14 @@ func replayPosting(txs *seqIter, seq, last uint64, rec *postingRec, sums map[str
 		if e.amount <= 0 {
 			return buf, tampered("transfer %d moves %d µcr", seq+uint64(i), e.amount)
 		}
-		buf = appendTxDigest(buf[:0], seq+uint64(i), rec.key, e.leg, e.from, e.to, e.amount, e.kind)
-		h.Write(buf)
+		if sink.tree != nil {
+			var lh [32]byte
+			lh, buf = leafHash(buf, seq+uint64(i), rec.key, e.leg, e.from, e.to, e.amount, e.kind, rec.time)
+			sink.tree.add(lh)
+		} else {
+			buf = appendTxDigest(buf[:0], seq+uint64(i), rec.key, e.leg, e.from, e.to, e.amount, e.kind)
+			sink.h.Write(buf)
+		}
 		sums[e.from] -= e.amount
 		sums[e.to] += e.amount
 	}

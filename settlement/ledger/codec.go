@@ -392,13 +392,27 @@ func decodeEvent(v []byte) (holdEvent, error) {
 	return e, d.finish()
 }
 
-// appendLink encodes a chain link (c/<seq>).
+// recordLinkV2 is the version byte of a version 2 chain link record: a
+// version 1 record with Root and EventSum after Digest.
+const recordLinkV2 = 2
+
+// appendLink encodes a chain link (c/<seq>) in the record format of its
+// Version (1 if unset).
 func appendLink(b []byte, c *ChainLink) []byte {
-	b = append(b, recordV1)
+	v2 := c.Version >= 2
+	if v2 {
+		b = append(b, recordLinkV2)
+	} else {
+		b = append(b, recordV1)
+	}
 	b = binary.BigEndian.AppendUint64(b, c.Seq)
 	b = append(b, c.Prev[:]...)
 	b = append(b, c.Hash[:]...)
 	b = append(b, c.Digest[:]...)
+	if v2 {
+		b = append(b, c.Root[:]...)
+		b = append(b, c.EventSum[:]...)
+	}
 	b = binary.BigEndian.AppendUint64(b, c.FirstTx)
 	b = binary.BigEndian.AppendUint64(b, c.LastTx)
 	b = binary.BigEndian.AppendUint64(b, c.FirstEvent)
@@ -411,11 +425,18 @@ func appendLink(b []byte, c *ChainLink) []byte {
 func decodeLink(v []byte) (ChainLink, error) {
 	var c ChainLink
 	d := decoder{b: v}
-	d.version()
+	c.Version = d.byte()
+	if c.Version != recordV1 && c.Version != recordLinkV2 && d.err == nil {
+		d.fail(fmt.Errorf("unknown chain link version %d", c.Version))
+	}
 	c.Seq = d.u64()
 	c.Prev = d.sum()
 	c.Hash = d.sum()
 	c.Digest = d.sum()
+	if c.Version == recordLinkV2 {
+		c.Root = d.sum()
+		c.EventSum = d.sum()
+	}
 	c.FirstTx = d.u64()
 	c.LastTx = d.u64()
 	c.FirstEvent = d.u64()

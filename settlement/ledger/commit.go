@@ -102,6 +102,7 @@ type txn struct {
 	firstSeq, nextSeq     uint64
 	firstEvent, nextEvent uint64
 	txSum, evSum          hash.Hash
+	tree                  merkleAcc  // the transfers' leaf hashes (version 2 links)
 	dirty                 bool       // something to write
 	link                  *ChainLink // set by finish when the txn moves money or holds
 
@@ -324,6 +325,7 @@ func (l *Ledger) newTxn() *txn {
 	t.firstEvent, t.nextEvent = l.w.nextEvent, l.w.nextEvent
 	t.txSum.Reset()
 	t.evSum.Reset()
+	t.tree.reset()
 	t.dirty, t.link = false, nil
 	t.arena, t.kvs, t.txs, t.xs = t.arena[:0], t.kvs[:0], t.txs[:0], t.xs[:0]
 	return t
@@ -425,8 +427,14 @@ func (t *txn) addPosting(p *Posting) {
 	for _, pt := range t.pend {
 		tr := pt.t
 		e := txEntry{leg: legOf(p.Transfers, pt.index), from: tr.From, to: tr.To, kind: tr.Kind, amount: tr.Amount}
-		t.dbuf = appendTxDigest(t.dbuf[:0], t.nextSeq, p.Key, e.leg, e.from, e.to, e.amount, e.kind)
-		t.txSum.Write(t.dbuf)
+		if t.l.linkVersion == 1 {
+			t.dbuf = appendTxDigest(t.dbuf[:0], t.nextSeq, p.Key, e.leg, e.from, e.to, e.amount, e.kind)
+			t.txSum.Write(t.dbuf)
+		} else {
+			var h [32]byte
+			h, t.dbuf = leafHash(t.dbuf, t.nextSeq, p.Key, e.leg, e.from, e.to, e.amount, e.kind, t.nowNs)
+			t.tree.add(h)
+		}
 		t.nextSeq++
 		t.ents = append(t.ents, e)
 	}
@@ -478,7 +486,7 @@ func (t *txn) finish() error {
 		return nil
 	}
 	head := t.l.w.head
-	c := &ChainLink{Seq: head.Seq + 1, Prev: head.Hash, Time: t.nowNs}
+	c := &ChainLink{Version: t.l.linkVersion, Seq: head.Seq + 1, Prev: head.Hash, Time: t.nowNs}
 	if t.nextSeq != t.firstSeq {
 		c.FirstTx, c.LastTx = t.firstSeq, t.nextSeq-1
 	}
@@ -488,7 +496,12 @@ func (t *txn) finish() error {
 	var txSum, evSum [32]byte
 	t.txSum.Sum(txSum[:0])
 	t.evSum.Sum(evSum[:0])
-	c.Digest = linkDigest(t.nextSeq-t.firstSeq, txSum, t.nextEvent-t.firstEvent, evSum)
+	if c.Version == 1 {
+		c.Digest = linkDigest(t.nextSeq-t.firstSeq, txSum, t.nextEvent-t.firstEvent, evSum)
+	} else {
+		c.Root, c.EventSum = t.tree.root(), evSum
+		c.Digest = linkDigestV2(t.nextSeq-t.firstSeq, c.Root, t.nextEvent-t.firstEvent, evSum)
+	}
 	c.Hash = linkHash(c.Prev, c.Digest, c.Seq, c.Time)
 	if t.l.signer != nil {
 		sig, err := t.l.signer.Sign(c.Hash[:])

@@ -58,9 +58,17 @@
 //
 // Every batch that moves money or changes holds appends a ChainLink: a
 // SHA-256 digest of its transfers and hold events, chained to the previous
-// link's hash and signed with Options.Signer. Verify re-checks a closed
-// store: the chain and its signatures, that the records are exactly those
-// the links cover, and that every balance and Held matches its records.
+// link's hash and signed with Options.Signer. The digest of a version 2
+// link (every link written since inclusion proofs) includes the RFC 6962
+// Merkle root of the batch's transfers (see merkle.go), so Prove can show
+// one call's transfers are in a signed batch with an audit path per
+// transfer, and VerifyProof checks that with the settlement key alone.
+// Prove finds the call's i/ record (under any gateway, one seek each), the
+// link holding its first transfer (binary search over c/) and rebuilds the
+// batch's tree from its t/ records. Verify re-checks a closed store: the
+// chain and its signatures, every version 2 link's Merkle root, that the
+// records are exactly those the links cover, and that every balance and
+// Held matches its records. Version 1 links (older stores) still verify.
 //
 // # Key layout
 //
@@ -83,7 +91,8 @@
 //	                         the value lists its others as uvarint increments (empty: just <seq>)
 //	h/<hold id>              hold: account, holder, amount, remaining, expires, closed, last event seq
 //	e/<seq>                  hold event: seq, time, kind, hold, account, holder, delta, closed, expires
-//	c/<seq>                  chain link: seq, prev, hash, digest, tx and event ranges, time, signature
+//	c/<seq>                  chain link: version, seq, prev, hash, digest, (version 2:) Merkle root
+//	                         and hold-event digest, tx and event ranges, time, signature
 //	m/seq                    8-byte big-endian next transfer sequence number
 //	m/eseq                   8-byte big-endian next hold event sequence number
 //

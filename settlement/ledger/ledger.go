@@ -37,6 +37,11 @@ var (
 	ErrHoldClosed = errors.New("ledger: hold closed")
 	// ErrTampered: Verify found stored records that do not match the chain.
 	ErrTampered = errors.New("ledger: tampered store")
+	// ErrNotFound: Prove found no committed posting for the request id.
+	ErrNotFound = errors.New("ledger: no such call")
+	// ErrUnprovable: the posting was committed in a batch whose chain link
+	// predates Merkle roots (a version 1 link), so it has no inclusion proof.
+	ErrUnprovable = errors.New("ledger: committed before inclusion proofs")
 )
 
 // System accounts, created on first Open.
@@ -71,6 +76,10 @@ type Options struct {
 	// Signer signs every chain link; nil leaves links unsigned (they are
 	// still hashed and chained).
 	Signer Signer
+
+	// linkVersion is the chain link format new batches get: 2 (with a
+	// Merkle root) unless a test asks for the version 1 of earlier stores.
+	linkVersion byte
 }
 
 // AccountState is an account's balance and counters.
@@ -131,6 +140,8 @@ type Ledger struct {
 	logger *slog.Logger
 	now    func() time.Time
 	signer Signer
+	// linkVersion is the format of the chain links this ledger writes.
+	linkVersion byte
 
 	// wmu serialises writers. It guards w, tail, closed and txn reuse.
 	wmu    sync.Mutex
@@ -185,6 +196,9 @@ func (o *Options) defaults() {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.linkVersion == 0 {
+		o.linkVersion = recordLinkV2
+	}
 }
 
 // Open opens (creating if needed) the ledger in dir and loads its state into
@@ -198,14 +212,15 @@ func Open(dir string, opts Options) (*Ledger, error) {
 		return nil, fmt.Errorf("ledger: open %s: %w", dir, err)
 	}
 	l := &Ledger{
-		db:     db,
-		logger: opts.Logger,
-		now:    opts.Now,
-		signer: opts.Signer,
-		pub:    newState(),
-		keys:   map[string]string{},
-		nodes:  map[string]string{},
-		tail:   &ticket{done: make(chan struct{})},
+		db:          db,
+		logger:      opts.Logger,
+		now:         opts.Now,
+		signer:      opts.Signer,
+		linkVersion: opts.linkVersion,
+		pub:         newState(),
+		keys:        map[string]string{},
+		nodes:       map[string]string{},
+		tail:        &ticket{done: make(chan struct{})},
 	}
 	close(l.tail.done)
 	if err := l.load(); err != nil {

@@ -1,4 +1,7 @@
-package gateway
+// Package journal is the durable log of bills waiting for the settlement
+// peer: a gateway's receipts, and a node's own claims for the calls it
+// served (sent as receipts the node built; see p2p.OpClaims).
+package journal
 
 import (
 	"bytes"
@@ -17,9 +20,9 @@ import (
 	"github.com/tokenrouter/tokenrouter/p2p"
 )
 
-// Journal keeps every receipt this gateway billed until the settlement
-// peer has acknowledged it, so a gateway that crashes or restarts, or a
-// settlement outage, loses no bill.
+// Journal keeps every receipt this gateway billed (or claim this node made)
+// until the settlement peer has acknowledged it, so a process that crashes
+// or restarts, or a settlement outage, loses no bill.
 //
 // It is an append-only log (receipts.log; gateways before it kept a Pebble
 // store in the same directory, whose receipts the protocol no longer takes):
@@ -41,7 +44,7 @@ import (
 // fsync instead, as PostgreSQL's synchronous_commit does.
 type Journal struct {
 	path string
-	cfg  JournalConfig
+	cfg  Config
 
 	mu      sync.Mutex
 	f       *os.File
@@ -61,8 +64,8 @@ type Journal struct {
 	stopped chan struct{}
 }
 
-// JournalConfig tunes the journal's durability.
-type JournalConfig struct {
+// Config tunes the journal's durability.
+type Config struct {
 	// SyncInterval is the longest a written record waits for its fsync
 	// (and the shortest gap between two fsyncs): under load, one fsync
 	// covers the records of the last interval.
@@ -80,9 +83,9 @@ type JournalConfig struct {
 	Logger *slog.Logger
 }
 
-// DefaultJournalConfig returns the defaults.
-func DefaultJournalConfig() JournalConfig {
-	return JournalConfig{
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
 		SyncInterval: 2 * time.Millisecond, // a power cut loses at most the last few ms of bills; 500 fsyncs/s at most
 		CompactAt:    64 << 20,             // ~2-3 minutes of receipts at 1,000 calls/s
 		RefusedMax:   64 << 20,             // ~100k refused receipts to inspect; refusals are rare, so weeks of them
@@ -108,19 +111,19 @@ const (
 	refusedFile = "refused.log"
 )
 
-// ErrJournalClosed is returned by writes after Close.
-var ErrJournalClosed = errors.New("gateway: receipt journal closed")
+// ErrClosed is returned by writes after Close.
+var ErrClosed = errors.New("gateway: receipt journal closed")
 
-// OpenJournal opens (or creates) the journal in dir with the default
+// Open opens (or creates) the journal in dir with the default
 // configuration.
-func OpenJournal(dir string) (*Journal, error) {
-	return OpenJournalConfig(dir, DefaultJournalConfig())
+func Open(dir string) (*Journal, error) {
+	return OpenConfig(dir, DefaultConfig())
 }
 
-// OpenJournalConfig opens (or creates) the journal in dir. A record cut off
+// OpenConfig opens (or creates) the journal in dir. A record cut off
 // by a crash at the end of the file is dropped (it was never acknowledged
 // to anyone: its Put did not return).
-func OpenJournalConfig(dir string, cfg JournalConfig) (*Journal, error) {
+func OpenConfig(dir string, cfg Config) (*Journal, error) {
 	if cfg.SyncInterval <= 0 || cfg.CompactAt <= 0 || cfg.RefusedMax <= 0 {
 		return nil, errors.New("gateway: journal sync interval, compaction size and refused.log size must be positive")
 	}
@@ -263,7 +266,7 @@ func appendRecord(dst []byte, kind byte, payload []byte) []byte {
 // number. The caller holds j.mu.
 func (j *Journal) write(kind byte, payload []byte) (uint64, error) {
 	if j.closed {
-		return 0, ErrJournalClosed
+		return 0, ErrClosed
 	}
 	if j.failed != nil {
 		return 0, j.failed
@@ -362,7 +365,7 @@ func (j *Journal) Refused(r *p2p.Receipt, reason string) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.closed {
-		return ErrJournalClosed
+		return ErrClosed
 	}
 	// Kept first, then resolved: a crash in between only sends it again.
 	if err := j.keepRefused(append(line, '\n')); err != nil {

@@ -1,4 +1,4 @@
-package gateway
+package journal
 
 import (
 	"bytes"
@@ -24,13 +24,13 @@ func testReceipt(id string) *p2p.Receipt {
 	}
 }
 
-func openTestJournal(t *testing.T, dir string, tweak func(*JournalConfig)) *Journal {
+func openTestJournal(t *testing.T, dir string, tweak func(*Config)) *Journal {
 	t.Helper()
-	cfg := DefaultJournalConfig()
+	cfg := DefaultConfig()
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	j, err := OpenJournalConfig(dir, cfg)
+	j, err := OpenConfig(dir, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func TestJournalReopen(t *testing.T) {
 	if err := j.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := j.Put(testReceipt("late")); err != ErrJournalClosed {
+	if err := j.Put(testReceipt("late")); err != ErrClosed {
 		t.Fatalf("Put after Close: %v", err)
 	}
 	j = openTestJournal(t, dir, nil)
@@ -112,7 +112,7 @@ func refusedLines(t *testing.T, dir string) []refusedRecord {
 // it, before any fsync was asked for.
 func TestJournalPutIsWrittenBeforeItReturns(t *testing.T) {
 	dir := t.TempDir()
-	j := openTestJournal(t, dir, func(c *JournalConfig) { c.SyncInterval = time.Hour })
+	j := openTestJournal(t, dir, func(c *Config) { c.SyncInterval = time.Hour })
 	defer j.Close()
 	for i := range 3 {
 		if err := j.Put(testReceipt(fmt.Sprintf("req_%d", i))); err != nil {
@@ -169,7 +169,7 @@ func mustEncode(t *testing.T, r *p2p.Receipt) []byte {
 // SyncInterval.
 func TestJournalSync(t *testing.T) {
 	for _, each := range []bool{true, false} {
-		j := openTestJournal(t, t.TempDir(), func(c *JournalConfig) { c.SyncEach = each })
+		j := openTestJournal(t, t.TempDir(), func(c *Config) { c.SyncEach = each })
 		var wg sync.WaitGroup
 		for i := range 50 {
 			wg.Go(func() {
@@ -199,7 +199,7 @@ func TestJournalSync(t *testing.T) {
 // pending receipts; refused ones stay in refused.log.
 func TestJournalCompaction(t *testing.T) {
 	dir := t.TempDir()
-	j := openTestJournal(t, dir, func(c *JournalConfig) { c.CompactAt = 64 << 10 })
+	j := openTestJournal(t, dir, func(c *Config) { c.CompactAt = 64 << 10 })
 	for i := range 2000 {
 		id := fmt.Sprintf("req_%d", i)
 		if err := j.Put(testReceipt(id)); err != nil {
@@ -233,7 +233,7 @@ func TestJournalCompaction(t *testing.T) {
 }
 
 func BenchmarkJournalPut(b *testing.B) {
-	j, err := OpenJournal(b.TempDir())
+	j, err := Open(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -254,7 +254,7 @@ func BenchmarkJournalPut(b *testing.B) {
 func TestJournalRefusedLogRotates(t *testing.T) {
 	dir := t.TempDir()
 	const max = 8 << 10
-	j := openTestJournal(t, dir, func(c *JournalConfig) { c.RefusedMax = max })
+	j := openTestJournal(t, dir, func(c *Config) { c.RefusedMax = max })
 	defer j.Close()
 	for i := range 200 {
 		id := fmt.Sprintf("req_%d", i)
