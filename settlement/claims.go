@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -186,9 +187,10 @@ func (s *Settlement) checkClaim(from peer.ID, r *p2p.Receipt) error {
 }
 
 // receiptSettled is told of a receipt the ledger applied, or found applied
-// already: the node's claim waiting for it is dropped, and a claim higher
-// than the gateway billed is a dispute against the pair.
-func (s *Settlement) receiptSettled(r *p2p.Receipt, drop *[]string) {
+// already (a replay): the node's claim waiting for it is dropped, and, the
+// first time only, a claim higher than the gateway billed is a dispute
+// against the pair.
+func (s *Settlement) receiptSettled(r *p2p.Receipt, applied bool, drop *[]string) {
 	k := callKey(r.Gateway, r.RequestID)
 	b := s.book
 	b.mu.Lock()
@@ -198,6 +200,9 @@ func (s *Settlement) receiptSettled(r *p2p.Receipt, drop *[]string) {
 	if pc != nil {
 		*drop = append(*drop, sideClaim+k)
 		s.metrics.claims.WithLabelValues("matched").Inc()
+	}
+	if !applied {
+		return
 	}
 	if why := disputed(r, pc); why != "" {
 		s.dispute(r, why)
@@ -295,6 +300,43 @@ func (s *Settlement) Disputes(kind, id string) int64 {
 	s.book.mu.Lock()
 	defer s.book.mu.Unlock()
 	return s.book.disputes[kind+"/"+id]
+}
+
+// gatewayView is one gateway in GET /v1/network: its disputes and the
+// calls it served without sending their receipts.
+type gatewayView struct {
+	Gateway          string `json:"gateway"`
+	Disputes         int64  `json:"disputes"`
+	UnreceiptedCalls int64  `json:"unreceipted_calls"`
+}
+
+// gatewayViews lists the gateways with disputes or unreceipted calls.
+func (s *Settlement) gatewayViews() []gatewayView {
+	b := s.book
+	b.mu.Lock()
+	by := map[string]*gatewayView{}
+	at := func(gw string) *gatewayView {
+		if by[gw] == nil {
+			by[gw] = &gatewayView{Gateway: gw}
+		}
+		return by[gw]
+	}
+	for k, n := range b.disputes {
+		if gw, ok := strings.CutPrefix(k, "gateway/"); ok {
+			at(gw).Disputes = n
+		}
+	}
+	for k := range b.unrec {
+		gw, _, _ := strings.Cut(k, "/")
+		at(gw).UnreceiptedCalls++
+	}
+	b.mu.Unlock()
+	out := make([]gatewayView, 0, len(by))
+	for _, v := range by {
+		out = append(out, *v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Gateway < out[j].Gateway })
+	return out
 }
 
 // claimLoop bills, every second, the claims whose receipt did not come

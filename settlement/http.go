@@ -158,6 +158,8 @@ type nodeView struct {
 	Reason            string `json:"reason,omitempty"`
 	DuplicateIdentity string `json:"duplicate_identity,omitempty"`
 	RefusedSinceMs    int64  `json:"refused_since_ms,omitempty"`
+	// Disputes are its calls whose claim and receipt disagreed.
+	Disputes int64 `json:"disputes"`
 }
 
 // getNodes is GET /v1/nodes: the nodes linked to the caller's account.
@@ -169,7 +171,7 @@ func (s *Settlement) getNodes(w http.ResponseWriter, r *http.Request) {
 	scores := s.rep.Scores(time.Now())
 	out := []nodeView{}
 	for _, n := range s.led.Nodes(account) {
-		v := nodeView{Node: n, Instances: []p2p.InstanceScore{}, Status: "ok"}
+		v := nodeView{Node: n, Instances: []p2p.InstanceScore{}, Status: "ok", Disputes: s.Disputes("node", n)}
 		if ref, ok := s.rep.Refusal(n, time.Now()); ok {
 			v.Status, v.Reason, v.RefusedSinceMs = ref.Status, ref.Reason, ref.SinceMs
 			if ref.Status == p2p.RefusedDuplicateIdentity {
@@ -214,7 +216,8 @@ func (s *Settlement) getNetwork(w http.ResponseWriter, _ *http.Request) {
 	sort.Slice(out, func(i, j int) bool { return out[i].Model < out[j].Model })
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(struct {
-		Object string      `json:"object"`
-		Data   []modelView `json:"data"`
-	}{"list", out})
+		Object   string        `json:"object"`
+		Data     []modelView   `json:"data"`
+		Gateways []gatewayView `json:"gateways"` // gateways with disputes or calls they sent no receipt for
+	}{"list", out, s.gatewayViews()})
 }

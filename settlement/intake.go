@@ -327,17 +327,17 @@ func (in *intake) commit(batch []*checked) {
 	var drop []string // node claims their receipts settled
 	for i, c := range batch {
 		res := results[i]
-		switch {
-		case c.claim:
-		case res.Err == nil:
-			s.receiptSettled(c.r, &drop)
-		case errors.Is(res.Err, ledger.ErrConflict) && s.lateReceipt(c.r):
-			res.Err = nil // billed from its node's claim already: a duplicate
-		}
 		if errors.Is(res.Err, ledger.ErrInsufficientFunds) {
 			// The consumer (or, rarely, the bounty pool) could not cover it:
 			// charge what is there, on its own.
 			res.Applied, res.Err = in.capped(c, now)
+		}
+		switch {
+		case c.claim:
+		case res.Err == nil:
+			s.receiptSettled(c.r, res.Applied, &drop)
+		case errors.Is(res.Err, ledger.ErrConflict) && s.lateReceipt(c.r):
+			res.Err = nil // billed from its node's claim already: a duplicate
 		}
 		if res.Err == nil && res.Applied {
 			s.metrics.settledUcr.Add(float64(legs[i].Consumer))

@@ -47,6 +47,13 @@ func (s *Settlement) handle(_ context.Context, remote peer.ID, req *p2p.SettleRe
 	case p2p.OpRelease:
 		return s.release(remote, req)
 	case p2p.OpClaims:
+		if len(req.ClaimBatch) > 0 {
+			var b p2p.ReceiptBatch
+			if err := b.UnmarshalBinary(req.ClaimBatch); err != nil {
+				return rpcErr(p2p.CodeInvalid, "bad claim batch: "+err.Error())
+			}
+			req.Receipts = append(req.Receipts, b.Receipts...)
+		}
 		if len(req.Receipts) > maxClaimsPerCall {
 			return rpcErr(p2p.CodeInvalid, fmt.Sprintf("at most %d claims a call", maxClaimsPerCall))
 		}

@@ -28,13 +28,7 @@ func TestDroppedReceiptsAreBilledFromNodeClaims(t *testing.T) {
 	m := startProcMesh(t, meshSpec{settleArgs: []string{"--claim-grace", grace.String()}, nodes: 2, capacity: 80, // 10% of it while ramping up
 		engineArgs: func(int) []string { return []string{"--rate", "0"} }})
 	cheatDir := m.dir("cheat-gw")
-	cheat := start(t, "cheating-gateway", nil, "gateway", "--data", cheatDir, "--listen", "/ip4/127.0.0.1/tcp/0",
-		"--bootstrap", m.maddr, "--platform", m.platform, "--http", "127.0.0.1:0", "--drop-receipts")
-	waitFile(t, cheat, filepath.Join(cheatDir, "ready"))
-	cheatURL := "http://" + waitFile(t, cheat, filepath.Join(cheatDir, "http-addr"))
-	if err := waitInstances(cheatURL, m.consumerKey, 2); err != nil {
-		t.Fatal(err)
-	}
+	cheat, cheatURL := m.startCheatingGateway(t, "cheating-gateway", cheatDir, 2)
 
 	// 200 calls through the cheating gateway, 20 through the honest one.
 	costs := make(chan int64, 220)
@@ -99,6 +93,18 @@ func TestDroppedReceiptsAreBilledFromNodeClaims(t *testing.T) {
 	if full.UnreceiptedCalls != 200 {
 		t.Fatalf("unreceipted_calls %d, want 200", full.UnreceiptedCalls)
 	}
+	// The network view names the gateway that sent no receipts.
+	var network struct {
+		Gateways []struct {
+			Gateway          string `json:"gateway"`
+			UnreceiptedCalls int64  `json:"unreceipted_calls"`
+		} `json:"gateways"`
+	}
+	json.Unmarshal(getJSON(t, m.settleURL+"/v1/network", ""), &network)
+	cheatID := waitFile(t, cheat, filepath.Join(cheatDir, "peer-id"))
+	if len(network.Gateways) != 1 || network.Gateways[0].Gateway != cheatID || network.Gateways[0].UnreceiptedCalls != 200 {
+		t.Fatalf("GET /v1/network gateways: %+v, want %s with 200 unreceipted calls", network.Gateways, cheatID)
+	}
 	var op struct {
 		EarnedUcr int64 `json:"earned_ucr"`
 	}
@@ -112,13 +118,7 @@ func TestDroppedReceiptsAreBilledFromNodeClaims(t *testing.T) {
 	cheat.stop(syscall.SIGTERM)
 	os.Remove(filepath.Join(cheatDir, "ready"))
 	os.Remove(filepath.Join(cheatDir, "http-addr"))
-	cheat = start(t, "cheating-gateway-again", nil, "gateway", "--data", cheatDir, "--listen", "/ip4/127.0.0.1/tcp/0",
-		"--bootstrap", m.maddr, "--platform", m.platform, "--http", "127.0.0.1:0", "--drop-receipts")
-	waitFile(t, cheat, filepath.Join(cheatDir, "ready"))
-	cheatURL = "http://" + waitFile(t, cheat, filepath.Join(cheatDir, "http-addr"))
-	if err := waitInstances(cheatURL, m.consumerKey, 2); err != nil {
-		t.Fatal(err)
-	}
+	cheat, cheatURL = m.startCheatingGateway(t, "cheating-gateway-again", cheatDir, 2)
 	if r := callAt(cheatURL, m.consumerKey, chat(4, false)); r.status != 402 {
 		t.Fatalf("the cheating gateway got new credit: %d %s", r.status, r.body)
 	}
@@ -130,6 +130,20 @@ func TestDroppedReceiptsAreBilledFromNodeClaims(t *testing.T) {
 	if out, err := exec.Command(binary, "ledger", "verify", "--data", m.dir("settle"), "--platform", m.platform).CombinedOutput(); err != nil {
 		t.Fatalf("ledger verify: %v\n%s", err, out)
 	}
+}
+
+// startCheatingGateway starts a gateway that never sends receipts
+// (--drop-receipts) in dir and waits until it routes to nodes instances.
+func (m *procMesh) startCheatingGateway(t *testing.T, name, dir string, nodes int) (*proc, string) {
+	t.Helper()
+	p := start(t, name, nil, "gateway", "--data", dir, "--listen", "/ip4/127.0.0.1/tcp/0",
+		"--bootstrap", m.maddr, "--platform", m.platform, "--http", "127.0.0.1:0", "--drop-receipts")
+	waitFile(t, p, filepath.Join(dir, "ready"))
+	url := "http://" + waitFile(t, p, filepath.Join(dir, "http-addr"))
+	if err := waitInstances(url, m.consumerKey, nodes); err != nil {
+		t.Fatal(err)
+	}
+	return p, url
 }
 
 // callAt makes one chat completion through the gateway at url.
@@ -149,14 +163,7 @@ func TestNodeClaimsSurviveSettleKill(t *testing.T) {
 	const grace = 3 * time.Second
 	m := startProcMesh(t, meshSpec{settleArgs: []string{"--claim-grace", grace.String()}, nodes: 1, capacity: 80,
 		engineArgs: func(int) []string { return []string{"--rate", "0"} }})
-	cheatDir := m.dir("cheat-gw")
-	cheat := start(t, "cheating-gateway", nil, "gateway", "--data", cheatDir, "--listen", "/ip4/127.0.0.1/tcp/0",
-		"--bootstrap", m.maddr, "--platform", m.platform, "--http", "127.0.0.1:0", "--drop-receipts")
-	waitFile(t, cheat, filepath.Join(cheatDir, "ready"))
-	cheatURL := "http://" + waitFile(t, cheat, filepath.Join(cheatDir, "http-addr"))
-	if err := waitInstances(cheatURL, m.consumerKey, 1); err != nil {
-		t.Fatal(err)
-	}
+	_, cheatURL := m.startCheatingGateway(t, "cheating-gateway", m.dir("cheat-gw"), 1)
 	const calls = 20
 	var total int64
 	for range calls {

@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
-	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -27,17 +25,8 @@ type claimStanding struct {
 
 func standing(t *testing.T, base, key string) claimStanding {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, base+"/v1/account", nil)
-	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
 	var s claimStanding
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
-		t.Fatal(err)
-	}
+	getJSONAs(t, base+"/v1/account", key, &s)
 	return s
 }
 
@@ -81,6 +70,16 @@ func TestInflatedClaimsAreBilledAtTheGatewaysCount(t *testing.T) {
 	}
 	if s := standing(t, m.SettleURL, m.OperatorKey); s.Disputes < calls {
 		t.Fatalf("operator's standing: %+v, want %d disputes on its node", s, calls)
+	}
+	var nodes struct {
+		Data []struct {
+			Node     string `json:"node"`
+			Disputes int64  `json:"disputes"`
+		} `json:"data"`
+	}
+	getJSONAs(t, m.SettleURL+"/v1/nodes", m.OperatorKey, &nodes)
+	if len(nodes.Data) != 1 || nodes.Data[0].Disputes != calls {
+		t.Fatalf("GET /v1/nodes: %+v, want the node with %d disputes", nodes, calls)
 	}
 	m.Stop()
 	ledgerSumsToZero(t, m)

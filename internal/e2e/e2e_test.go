@@ -92,7 +92,16 @@ type account struct {
 
 func getAccount(t *testing.T, base, key string) account {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, base+"/v1/account", nil)
+	var a account
+	getJSONAs(t, base+"/v1/account", key, &a)
+	return a
+}
+
+// getJSONAs GETs url with key as the bearer key, wants a 200, and decodes
+// the answer into v.
+func getJSONAs(t *testing.T, url, key string, v any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	req.Header.Set("Authorization", "Bearer "+key)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -101,13 +110,11 @@ func getAccount(t *testing.T, base, key string) account {
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
 		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("GET /v1/account: %s %s", resp.Status, b)
+		t.Fatalf("GET %s: %s %s", url, resp.Status, b)
 	}
-	var a account
-	if err := json.NewDecoder(resp.Body).Decode(&a); err != nil {
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 		t.Fatal(err)
 	}
-	return a
 }
 
 // waitCalls polls the gateway's /v1/account until calls reaches n.

@@ -52,7 +52,7 @@ type Journal struct {
 	size    int64             // bytes in the file
 	live    map[string][]byte // request id -> its put record's payload, pending
 	liveLen int64             // the bytes of their payloads
-	written uint64            // records written
+	written uint64            // writes made (one or more records each)
 	failed  error             // the file could not be repaired after a failed write
 
 	syncMu  sync.Mutex
@@ -265,13 +265,17 @@ func appendRecord(dst []byte, kind byte, payload []byte) []byte {
 // write appends one record to the file (one write(2)) and returns its
 // number. The caller holds j.mu.
 func (j *Journal) write(kind byte, payload []byte) (uint64, error) {
+	return j.writeRecords(appendRecord(make([]byte, 0, len(payload)+16), kind, payload))
+}
+
+// writeRecords appends encoded records in one write(2). The caller holds j.mu.
+func (j *Journal) writeRecords(rec []byte) (uint64, error) {
 	if j.closed {
 		return 0, ErrClosed
 	}
 	if j.failed != nil {
 		return 0, j.failed
 	}
-	rec := appendRecord(make([]byte, 0, len(payload)+16), kind, payload)
 	if _, err := j.f.Write(rec); err != nil {
 		// Cut off what part of the record was written, so later records can
 		// be read back; if that fails too, nothing more is written.
@@ -304,6 +308,35 @@ func (j *Journal) Put(r *p2p.Receipt) error {
 	n, err := j.write(recPut, payload)
 	if err == nil {
 		j.setLive(r.RequestID, payload)
+	}
+	j.mu.Unlock()
+	if err != nil || !j.cfg.SyncEach {
+		return err
+	}
+	return j.waitSynced(n)
+}
+
+// PutBatch records receipts as Put does, all in one write(2).
+func (j *Journal) PutBatch(rs []*p2p.Receipt) error {
+	if j == nil || len(rs) == 0 {
+		return nil
+	}
+	payloads := make([][]byte, len(rs))
+	var buf []byte
+	for i, r := range rs {
+		p, err := encodeReceipt(r)
+		if err != nil {
+			return err
+		}
+		payloads[i] = p
+		buf = appendRecord(buf, recPut, p)
+	}
+	j.mu.Lock()
+	n, err := j.writeRecords(buf)
+	if err == nil {
+		for i, r := range rs {
+			j.setLive(r.RequestID, payloads[i])
+		}
 	}
 	j.mu.Unlock()
 	if err != nil || !j.cfg.SyncEach {

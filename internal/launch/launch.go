@@ -225,6 +225,9 @@ func Node(ctx context.Context, o NodeOptions) error {
 	cfg.ModelCapacity, cfg.MaxInFlight = o.ModelCapacity, o.MaxInFlight
 	jcfg := journal.DefaultConfig()
 	jcfg.Logger = log
+	// Claims back up receipts: written a second's worth at a time, fsync'd
+	// within 100 ms of that.
+	jcfg.SyncInterval = 100 * time.Millisecond
 	claims, err := journal.OpenConfig(filepath.Join(o.Data, "claims"), jcfg)
 	if err != nil {
 		return fmt.Errorf("claim log: %w", err)

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/tokenrouter/tokenrouter/internal/jsonscan"
 )
 
 // Meta is what Token-Router reads of an OpenAI request body; the body itself
@@ -125,53 +127,57 @@ func foldName(s string) string {
 // different values), a known parameter of the wrong type, and n or best_of
 // above 1 (nodes return one choice). It returns model, stream,
 // stream_options.include_usage and the output cap.
+//
+// The body is validated once (json.Valid) and then walked at the top level
+// without decoding it: values are decoded only for the parameters read.
+// ParseMeta runs on every call, on the gateway and again on the node.
 func ParseMeta(body []byte) (Meta, error) {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
-		if err != nil && !errors.Is(err, io.EOF) {
-			return Meta{}, invalidJSON(err)
-		}
-		return Meta{}, &RequestError{Code: "invalid_json", Message: ErrNotObject.Error()}
+	if !json.Valid(body) {
+		return Meta{}, invalidJSON(json.Unmarshal(body, new(json.RawMessage)))
 	}
 	var m Meta
-	seen := make(map[string]struct{}, 8)
-	for dec.More() {
-		t, err := dec.Token()
-		if err != nil {
-			return Meta{}, invalidJSON(err)
-		}
-		key := t.(string) // an object's keys are strings; Token checked the syntax
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return Meta{}, invalidJSON(err)
-		}
-		if _, dup := seen[key]; dup {
-			return Meta{}, &RequestError{Param: key, Code: "duplicate_parameter",
-				Message: fmt.Sprintf("parameter %q appears more than once; give each parameter once", key)}
-		}
-		seen[key] = struct{}{}
-		k, known := params[key]
-		if !known {
-			if name, ok := folded[foldName(key)]; ok {
-				return Meta{}, &RequestError{Param: key, Code: "unknown_parameter",
-					Message: fmt.Sprintf("unknown parameter %q: did you mean %q? (parameter names are case-sensitive)", key, name)}
+	var keys [16][]byte // the keys seen, for duplicates: bodies have a handful
+	seen := keys[:0]
+	var err error
+	ok := walkObject(body, func(key []byte, raw []byte) bool {
+		for _, k := range seen {
+			if bytes.Equal(k, key) {
+				err = &RequestError{Param: string(key), Code: "duplicate_parameter",
+					Message: fmt.Sprintf("parameter %q appears more than once; give each parameter once", key)}
+				return false
 			}
-			continue
 		}
-		if err := checkType(key, raw, k); err != nil {
-			return Meta{}, err
+		seen = append(seen, key)
+		k, known := params[string(key)]
+		if !known {
+			if name, ok := folded[foldName(string(key))]; ok {
+				err = &RequestError{Param: string(key), Code: "unknown_parameter",
+					Message: fmt.Sprintf("unknown parameter %q: did you mean %q? (parameter names are case-sensitive)", key, name)}
+				return false
+			}
+			return true
 		}
-		if err := m.read(key, raw); err != nil {
-			return Meta{}, err
+		if err = checkType(string(key), raw, k); err == nil {
+			err = m.read(string(key), raw)
 		}
+		return err == nil
+	})
+	if err != nil {
+		return Meta{}, err
 	}
-	if _, err := dec.Token(); err != nil { // the closing brace
-		return Meta{}, invalidJSON(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Meta{}, &RequestError{Code: "invalid_json", Message: "the request body is not valid JSON: data after the top-level object"}
+	if !ok {
+		return Meta{}, &RequestError{Code: "invalid_json", Message: ErrNotObject.Error()}
 	}
 	return m, nil
+}
+
+// walkObject calls fn with each key (unescaped) and raw value of the JSON
+// object b, which json.Valid accepted, until fn returns false. It reports
+// false when b is not an object.
+func walkObject(b []byte, fn func(key, raw []byte) bool) bool {
+	return jsonscan.WalkTopLevel(b, func(key []byte, _ bool, start, end int) bool {
+		return fn(key, b[start:end])
+	})
 }
 
 // read takes the value of one known, well-typed parameter into m.
@@ -220,48 +226,29 @@ func (m *Meta) read(key string, raw json.RawMessage) error {
 // includeUsage reads stream_options.include_usage, with the top level's
 // rules for duplicates and case variants.
 func includeUsage(raw json.RawMessage) (bool, error) {
-	var so []struct {
-		key string
-		raw json.RawMessage
-	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.Token() // '{': checkType saw an object
-	for dec.More() {
-		t, err := dec.Token()
-		if err != nil {
-			return false, invalidJSON(err)
-		}
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return false, invalidJSON(err)
-		}
-		so = append(so, struct {
-			key string
-			raw json.RawMessage
-		}{t.(string), v})
-	}
+	const name = "include_usage"
 	iu, found := false, false
-	for _, f := range so {
-		const name = "include_usage"
+	var err error
+	walkObject(raw, func(key, v []byte) bool {
 		switch {
-		case f.key == name && found:
-			return false, &RequestError{Param: "stream_options." + name, Code: "duplicate_parameter",
+		case string(key) == name && found:
+			err = &RequestError{Param: "stream_options." + name, Code: "duplicate_parameter",
 				Message: "stream_options.include_usage appears more than once"}
-		case f.key == name:
+		case string(key) == name:
 			found = true
-			if isNull(f.raw) {
-				continue
+			if isNull(v) {
+				return true
 			}
-			if err := checkType("stream_options."+name, f.raw, kBool); err != nil {
-				return false, err
+			if err = checkType("stream_options."+name, v, kBool); err == nil {
+				iu = string(v) == "true"
 			}
-			json.Unmarshal(f.raw, &iu)
-		case foldName(f.key) == foldName(name):
-			return false, &RequestError{Param: "stream_options." + f.key, Code: "unknown_parameter",
-				Message: fmt.Sprintf("unknown parameter stream_options.%s: did you mean stream_options.include_usage? (parameter names are case-sensitive)", f.key)}
+		case foldName(string(key)) == foldName(name):
+			err = &RequestError{Param: "stream_options." + string(key), Code: "unknown_parameter",
+				Message: fmt.Sprintf("unknown parameter stream_options.%s: did you mean stream_options.include_usage? (parameter names are case-sensitive)", key)}
 		}
-	}
-	return iu, nil
+		return err == nil
+	})
+	return iu, err
 }
 
 // integer reads a JSON integer literal (no fraction, no exponent: Go

@@ -1,6 +1,7 @@
 package openai
 
 import (
+	"encoding/json"
 	"errors"
 	"net/http/httptest"
 	"regexp"
@@ -116,6 +117,24 @@ func FuzzParseMeta(f *testing.F) {
 		b, errB := ParseMeta(body)
 		if (errA == nil) != (errB == nil) || a != b {
 			t.Fatalf("not deterministic: %+v %v / %+v %v", a, errA, b, errB)
+		}
+		// The walk agrees with a decoder: an accepted body is an object
+		// whose keys, decoded, are all distinct and whose model, stream and
+		// limits are what Meta says.
+		if errA == nil {
+			var obj map[string]json.RawMessage
+			if err := json.Unmarshal(body, &obj); err != nil {
+				t.Fatalf("accepted a body a decoder refuses: %v", err)
+			}
+			var v struct {
+				Model     *string `json:"model"`
+				Stream    *bool   `json:"stream"`
+				MaxTokens *int64  `json:"max_tokens"`
+			}
+			json.Unmarshal(body, &v)
+			if v.Model != nil && *v.Model != a.Model || v.Stream != nil && *v.Stream != a.Stream || v.MaxTokens != nil && *v.MaxTokens > a.MaxTokens {
+				t.Fatalf("a decoder reads %+v, ParseMeta %+v", v, a)
+			}
 		}
 		if errA == nil && a.MaxTokens < 0 {
 			t.Fatalf("accepted out-of-range values: %+v", a)

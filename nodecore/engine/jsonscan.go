@@ -2,7 +2,8 @@ package engine
 
 import (
 	"bytes"
-	"encoding/json"
+
+	"github.com/tokenrouter/tokenrouter/internal/jsonscan"
 )
 
 // A minimal scanner over the top level of a JSON object, so a request body
@@ -18,57 +19,19 @@ func eachTopLevel(b []byte, fn func(key []byte, start, end int)) bool {
 }
 
 // walkTopLevel is eachTopLevel, also telling fn whether the key was
-// written with escapes.
+// written with escapes (jsonscan.WalkTopLevel without stopping).
 func walkTopLevel(b []byte, fn func(key []byte, escaped bool, start, end int)) bool {
-	i := skipWS(b, 0)
-	if i >= len(b) || b[i] != '{' {
-		return false
-	}
-	i = skipWS(b, i+1)
-	if i < len(b) && b[i] == '}' {
-		return skipWS(b, i+1) == len(b)
-	}
-	for {
-		if i >= len(b) || b[i] != '"' {
-			return false
-		}
-		kEnd := skipString(b, i)
-		if kEnd < 0 {
-			return false
-		}
-		key := b[i+1 : kEnd-1]
-		escaped := bytes.IndexByte(key, '\\') >= 0
-		if escaped {
-			// "mod\u0065l" is "model" to every decoder: compare decoded.
-			var k string
-			if json.Unmarshal(b[i:kEnd], &k) == nil {
-				key = []byte(k)
-			}
-		}
-		i = skipWS(b, kEnd)
-		if i >= len(b) || b[i] != ':' {
-			return false
-		}
-		i = skipWS(b, i+1)
-		vEnd := skipValue(b, i)
-		if vEnd < 0 {
-			return false
-		}
-		fn(key, escaped, i, vEnd)
-		i = skipWS(b, vEnd)
-		if i >= len(b) {
-			return false
-		}
-		switch b[i] {
-		case ',':
-			i = skipWS(b, i+1)
-		case '}':
-			return skipWS(b, i+1) == len(b)
-		default:
-			return false
-		}
-	}
+	return jsonscan.WalkTopLevel(b, func(key []byte, escaped bool, start, end int) bool {
+		fn(key, escaped, start, end)
+		return true
+	})
 }
+
+var (
+	skipWS     = jsonscan.SkipWS
+	skipString = jsonscan.SkipString
+	skipValue  = jsonscan.SkipValue
+)
 
 // topLevelValue returns the span [start,end) of the value of key in the
 // JSON object b, comparing the key's raw text. A key given twice yields its
@@ -106,69 +69,6 @@ func InsertField(obj []byte, key string, value []byte) []byte {
 		field = append(field, ',')
 	}
 	return splice(obj, open, open, field)
-}
-
-// skipWS returns the index of the first non-whitespace byte at or after i.
-func skipWS(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// skipString returns the index just past the string starting at b[i]=='"',
-// or -1 when it does not end.
-func skipString(b []byte, i int) int {
-	for j := i + 1; j < len(b); j++ {
-		switch b[j] {
-		case '\\':
-			j++
-		case '"':
-			return j + 1
-		}
-	}
-	return -1
-}
-
-// skipValue returns the index just past the value starting at b[i], or -1
-// when it does not end. Nested objects and arrays are skipped by depth,
-// minding strings; scalars run to the next delimiter.
-func skipValue(b []byte, i int) int {
-	if i >= len(b) {
-		return -1
-	}
-	switch b[i] {
-	case '"':
-		return skipString(b, i)
-	case '{', '[':
-		depth := 0
-		for j := i; j < len(b); j++ {
-			switch b[j] {
-			case '"':
-				end := skipString(b, j)
-				if end < 0 {
-					return -1
-				}
-				j = end - 1
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return j + 1
-				}
-			}
-		}
-		return -1
-	}
-	j := i
-	for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ' ' && b[j] != '\t' && b[j] != '\n' && b[j] != '\r' {
-		j++
-	}
-	if j == i {
-		return -1
-	}
-	return j
 }
 
 // FieldSpans returns the spans [start,end) of the values of the named

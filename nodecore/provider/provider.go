@@ -229,15 +229,9 @@ func (n *Node) Run(ctx context.Context, ready func()) error {
 	defer n.cfg.Host.RemoveStreamHandler(p2p.ProtoInfer)
 	p2p.ServeClaims(n.cfg.Host, n.cfg.ClaimKey, n.claims.known)
 	defer n.cfg.Host.RemoveStreamHandler(p2p.ProtoClaims)
-	reportCtx, stopReports := context.WithCancel(context.WithoutCancel(ctx))
 	reportsDone := make(chan struct{})
-	go func() { n.reporter.run(reportCtx); close(reportsDone) }()
-	defer func() {
-		// Claims of the last calls get a moment to reach settlement; what
-		// does not stays in the claim log for the next run.
-		time.AfterFunc(2*claimReportLinger, stopReports)
-		<-reportsDone
-	}()
+	go func() { n.reporter.run(ctx); close(reportsDone) }()
+	defer func() { <-reportsDone }() // it writes and tries to send what is left
 	n.log.Info("node serving", "peer", n.cfg.Host.ID().String(), "models", n.Models(), "capacity", n.cfg.Capacity, "model_capacity", n.cfg.ModelCapacity)
 	if ready != nil {
 		ready()
