@@ -43,10 +43,29 @@ import (
 type claimBook struct {
 	mu       sync.Mutex
 	pending  map[string]*pendingClaim // gateway/request id -> the node's claim, waiting for the receipt
-	unrec    map[string]string        // gateway/request id -> consumer account: billed from the claim alone
+	unrec    map[string]unreceipted   // gateway/request id -> billed from the claim alone
 	owing    map[string]int           // account/gateway -> its unreceipted calls
 	disputes map[string]int64         // node/<id>, gateway/<id>, account/<id> -> disputes
+	billing  map[string]bool          // gateway/request id -> its claim is being billed now
+	late     map[string]bool          // billing keys whose receipt came meanwhile: settled, not unreceipted
+	dmu      sync.Mutex               // orders the writes of dispute counts
 }
+
+// unreceipted is a call billed from its node's claim alone.
+type unreceipted struct {
+	account string
+	at      time.Time
+}
+
+// Unreceipted calls stop a gateway's new holds on the account once there
+// are maxUnreceipted of them within unreceiptedFor: a call or two a day
+// can be billed from a claim by accident (a trailer in flight when the
+// gateway's deadline ran out, an answer the gateway could not read), and
+// must not lock an honest gateway out for good.
+const (
+	maxUnreceipted = 3
+	unreceiptedFor = 24 * time.Hour
+)
 
 type pendingClaim struct {
 	R  *p2p.Receipt `json:"r"`  // the node's claim as a receipt (tokens are the claim's)
@@ -69,7 +88,8 @@ const claimPayloadDomain = "tokenrouter/claim-billed/1\n"
 const maxClaimsPerCall = 500
 
 func newClaimBook() *claimBook {
-	return &claimBook{pending: map[string]*pendingClaim{}, unrec: map[string]string{}, owing: map[string]int{}, disputes: map[string]int64{}}
+	return &claimBook{pending: map[string]*pendingClaim{}, unrec: map[string]unreceipted{}, owing: map[string]int{},
+		disputes: map[string]int64{}, billing: map[string]bool{}, late: map[string]bool{}}
 }
 
 func callKey(gateway, requestID string) string { return gateway + "/" + requestID }
@@ -90,8 +110,13 @@ func (s *Settlement) loadClaims() error {
 	}
 	err = s.led.ScanSide(sideUnrec, func(k string, v []byte) error {
 		gw, _, _ := strings.Cut(k, "/")
-		b.unrec[k] = string(v)
-		b.owing[string(v)+"/"+gw]++
+		account, ms, _ := strings.Cut(string(v), "\t")
+		at := time.Now()
+		if n, err := strconv.ParseInt(ms, 10, 64); err == nil {
+			at = time.UnixMilli(n)
+		}
+		b.unrec[k] = unreceipted{account, at}
+		b.owing[account+"/"+gw]++
 		return nil
 	})
 	if err != nil {
@@ -190,7 +215,7 @@ func (s *Settlement) checkClaim(from peer.ID, r *p2p.Receipt) error {
 // already (a replay): the node's claim waiting for it is dropped, and, the
 // first time only, a claim higher than the gateway billed is a dispute
 // against the pair.
-func (s *Settlement) receiptSettled(r *p2p.Receipt, applied bool, drop *[]string) {
+func (s *Settlement) receiptSettled(r *p2p.Receipt, applied bool, drop *[]string, disputes map[string][]byte) {
 	k := callKey(r.Gateway, r.RequestID)
 	b := s.book
 	b.mu.Lock()
@@ -204,8 +229,11 @@ func (s *Settlement) receiptSettled(r *p2p.Receipt, applied bool, drop *[]string
 	if !applied {
 		return
 	}
+	if pc != nil && pc.R.Node != r.Node {
+		pc = nil // another node's claim under the request id (the gateway failed over): no story to compare
+	}
 	if why := disputed(r, pc); why != "" {
-		s.dispute(r, why)
+		s.dispute(r, why, disputes)
 	}
 }
 
@@ -227,51 +255,114 @@ func disputed(r *p2p.Receipt, reported *pendingClaim) string {
 	return ""
 }
 
-// dispute counts one against the call's node, gateway and consumer.
-func (s *Settlement) dispute(r *p2p.Receipt, why string) {
+// dispute counts one against the call's node, gateway and consumer, and
+// adds the counts to write to kvs (see saveDisputes).
+func (s *Settlement) dispute(r *p2p.Receipt, why string, kvs map[string][]byte) {
 	b := s.book
-	kvs := map[string][]byte{}
 	b.mu.Lock()
 	for _, k := range []string{"node/" + r.Node, "gateway/" + r.Gateway, "account/" + r.Consumer} {
 		b.disputes[k]++
-		kvs[sideDispute+k] = []byte(strconv.FormatInt(b.disputes[k], 10))
+		kvs[sideDispute+k] = nil // the value is read when saved
 	}
 	b.mu.Unlock()
 	s.metrics.claims.WithLabelValues("disputed").Inc()
 	s.log.Warn("dispute: node and gateway disagree on a call", "request", r.RequestID, "node", r.Node, "gateway", r.Gateway, "why", why)
-	if err := s.led.PutSide(kvs); err != nil {
-		s.log.Error("dispute not stored", "err", err)
+}
+
+// saveDisputes writes the dispute counts named in kvs, as they are now, in
+// one write without an fsync (they are advisory; the next synced commit
+// carries them), so a node that inflates every claim does not cost the
+// committers an fsync a receipt.
+func (s *Settlement) saveDisputes(kvs map[string][]byte) {
+	if len(kvs) == 0 {
+		return
+	}
+	b := s.book
+	b.dmu.Lock()
+	defer b.dmu.Unlock()
+	b.mu.Lock()
+	for k := range kvs {
+		kvs[k] = []byte(strconv.FormatInt(b.disputes[strings.TrimPrefix(k, sideDispute)], 10))
+	}
+	b.mu.Unlock()
+	if err := s.led.PutSideNoSync(kvs); err != nil {
+		s.log.Error("disputes not stored", "err", err)
 	}
 }
 
 // lateReceipt handles a receipt whose call was billed from the node's
 // claim already (the ledger has its key under another payload): it is a
 // duplicate, and the gateway has now settled that call.
-func (s *Settlement) lateReceipt(r *p2p.Receipt) bool {
+//
+// The call may be in any state of its claim's billing: recorded as
+// unreceipted, being billed right now (the posting is in, the record not
+// yet), or still pending after a restart that came between the two. The
+// receipt is a duplicate in each; only what the ledger holds counts.
+func (s *Settlement) lateReceipt(r *p2p.Receipt, disputes map[string][]byte) bool {
 	k := callKey(r.Gateway, r.RequestID)
 	b := s.book
 	b.mu.Lock()
-	account, ok := b.unrec[k]
-	if ok {
+	u, ok := b.unrec[k]
+	var drop []string
+	switch {
+	case ok:
 		delete(b.unrec, k)
-		if b.owing[account+"/"+r.Gateway]--; b.owing[account+"/"+r.Gateway] <= 0 {
-			delete(b.owing, account+"/"+r.Gateway)
-		}
+		b.unowe(u.account, r.Gateway)
+		drop = append(drop, sideUnrec+k)
+	case b.billing[k]:
+		ok = true
+		b.late[k] = true
+	case b.pending[k] != nil:
+		ok = true
+		delete(b.pending, k)
+		drop = append(drop, sideClaim+k)
 	}
 	b.mu.Unlock()
-	if ok {
-		s.led.DeleteSide(sideUnrec + k)
-		s.log.Info("late receipt for a call billed from its node's claim", "request", r.RequestID, "gateway", r.Gateway)
+	if !ok {
+		return false
 	}
-	return ok
+	s.led.DeleteSide(drop...)
+	s.log.Info("late receipt for a call billed from its node's claim", "request", r.RequestID, "gateway", r.Gateway)
+	if why := disputed(r, nil); why != "" {
+		s.dispute(r, why, disputes) // billed at the node's count, which the gateway's disputes
+	}
+	return true
+}
+
+// unowe takes one unreceipted call off account's debt through gateway.
+// The caller holds b.mu.
+func (b *claimBook) unowe(account, gateway string) {
+	k := account + "/" + gateway
+	if b.owing[k]--; b.owing[k] <= 0 {
+		delete(b.owing, k)
+	}
 }
 
 // owing is how many calls the gateway served on the account without a
-// receipt; such a gateway gets no new credit until they come.
+// receipt within unreceiptedFor; from maxUnreceipted of them the gateway
+// gets no new credit on the account until they come.
 func (s *Settlement) owing(account string, gateway peer.ID) int {
 	s.book.mu.Lock()
 	defer s.book.mu.Unlock()
 	return s.book.owing[account+"/"+gateway.String()]
+}
+
+// forgetOldUnreceipted drops unreceipted calls older than unreceiptedFor:
+// they still were billed, but no longer hold the gateway's credit back.
+func (s *Settlement) forgetOldUnreceipted(now time.Time) {
+	b := s.book
+	var drop []string
+	b.mu.Lock()
+	for k, u := range b.unrec {
+		if now.Sub(u.at) > unreceiptedFor {
+			gw, _, _ := strings.Cut(k, "/")
+			delete(b.unrec, k)
+			b.unowe(u.account, gw)
+			drop = append(drop, sideUnrec+k)
+		}
+	}
+	b.mu.Unlock()
+	s.led.DeleteSide(drop...)
 }
 
 // claimStanding is what GET /v1/account shows of an account: disputes on
@@ -344,6 +435,7 @@ func (s *Settlement) gatewayViews() []gatewayView {
 func (s *Settlement) claimLoop(ctx context.Context, every time.Duration) {
 	tick.Every(ctx, every, func(now time.Time) {
 		s.billUnreceipted(ctx, now)
+		s.forgetOldUnreceipted(now)
 	})
 }
 
@@ -367,6 +459,7 @@ func (s *Settlement) billUnreceipted(ctx context.Context, now time.Time) {
 // billClaims bills claims through the intake's committers, as receipts
 // whose tokens are the node's claim and whose price is the table's.
 func (s *Settlement) billClaims(pcs []*pendingClaim) {
+	b := s.book
 	cs := make([]*checked, 0, len(pcs))
 	for _, pc := range pcs {
 		c, err := s.claimChecked(pc.R)
@@ -375,24 +468,39 @@ func (s *Settlement) billClaims(pcs []*pendingClaim) {
 			s.forgetClaim(pc.R)
 			continue
 		}
+		k := callKey(c.r.Gateway, c.r.RequestID)
+		b.mu.Lock()
+		still := b.pending[k] == pc // its receipt may have come meanwhile
+		if still {
+			b.billing[k] = true // a receipt that conflicts from here on is a duplicate (lateReceipt)
+		}
+		b.mu.Unlock()
+		if !still {
+			continue
+		}
 		select {
 		case s.intake.ch <- c:
 			cs = append(cs, c)
 		case <-s.stopped:
-			return
+			b.mu.Lock()
+			delete(b.billing, k)
+			b.mu.Unlock()
 		}
 	}
 	var drop []string
+	now := time.Now()
 	unrec := map[string][]byte{}
+	done := make([]string, 0, len(cs))
 	for _, c := range cs {
 		o := <-c.done
 		k := callKey(c.r.Gateway, c.r.RequestID)
+		done = append(done, k)
 		switch {
 		case o.Err == nil:
 			// Applied, or a replay of our own billing (a crash came between
 			// the posting and this record): either way it is billed from the
 			// claim alone.
-			unrec[sideUnrec+k] = []byte(c.r.Consumer)
+			unrec[sideUnrec+k] = fmt.Appendf(nil, "%s\t%d", c.r.Consumer, now.UnixMilli())
 			s.metrics.claims.WithLabelValues("billed").Inc()
 		case errors.Is(o.Err, ledger.ErrConflict):
 			s.metrics.claims.WithLabelValues("matched").Inc() // its receipt won the race
@@ -403,25 +511,37 @@ func (s *Settlement) billClaims(pcs []*pendingClaim) {
 		}
 		drop = append(drop, sideClaim+k)
 	}
+	b.mu.Lock()
+	for k := range unrec {
+		if b.late[strings.TrimPrefix(k, sideUnrec)] {
+			delete(unrec, k) // its receipt came while it was billed: settled
+		}
+	}
+	b.mu.Unlock()
 	if len(unrec) > 0 {
 		if err := s.led.PutSide(unrec); err != nil {
 			s.log.Error("unreceipted calls not stored", "err", err)
 		}
 	}
-	s.book.mu.Lock()
+	b.mu.Lock()
 	for k, v := range unrec {
 		k = strings.TrimPrefix(k, sideUnrec)
-		if _, ok := s.book.unrec[k]; !ok {
-			s.book.unrec[k] = string(v)
+		if _, ok := b.unrec[k]; !ok && !b.late[k] {
+			account, _, _ := strings.Cut(string(v), "\t")
+			b.unrec[k] = unreceipted{account, now}
 			gw, _, _ := strings.Cut(k, "/")
-			s.book.owing[string(v)+"/"+gw]++
-			s.log.Warn("call billed from its node's claim: the gateway sent no receipt", "call", k, "consumer", string(v))
+			b.owing[account+"/"+gw]++
+			s.log.Warn("call billed from its node's claim: the gateway sent no receipt", "call", k, "consumer", account)
 		}
 	}
-	for _, d := range drop {
-		delete(s.book.pending, strings.TrimPrefix(d, sideClaim))
+	for _, k := range done {
+		delete(b.billing, k)
+		delete(b.late, k)
 	}
-	s.book.mu.Unlock()
+	for _, d := range drop {
+		delete(b.pending, strings.TrimPrefix(d, sideClaim))
+	}
+	b.mu.Unlock()
 	s.led.DeleteSide(drop...)
 }
 

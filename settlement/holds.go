@@ -37,7 +37,7 @@ func (s *Settlement) hold(remote peer.ID, req *p2p.SettleRequest) *p2p.SettleRes
 	if err != nil {
 		return rpcErr(p2p.CodeUnknownKey, "invalid API key")
 	}
-	if n := s.owing(account, remote); n > 0 {
+	if n := s.owing(account, remote); n >= maxUnreceipted {
 		return rpcErr(p2p.CodeInsufficient, fmt.Sprintf(
 			"this gateway served %d calls on the account without sending their receipts (its nodes' claims billed them); it gets no new credit until it sends them", n))
 	}

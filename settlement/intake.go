@@ -324,7 +324,8 @@ func (in *intake) commit(batch []*checked) {
 		}
 		return
 	}
-	var drop []string // node claims their receipts settled
+	var drop []string               // node claims their receipts settled
+	disputes := map[string][]byte{} // dispute counts to save
 	for i, c := range batch {
 		res := results[i]
 		if errors.Is(res.Err, ledger.ErrInsufficientFunds) {
@@ -335,8 +336,8 @@ func (in *intake) commit(batch []*checked) {
 		switch {
 		case c.claim:
 		case res.Err == nil:
-			s.receiptSettled(c.r, res.Applied, &drop)
-		case errors.Is(res.Err, ledger.ErrConflict) && s.lateReceipt(c.r):
+			s.receiptSettled(c.r, res.Applied, &drop, disputes)
+		case errors.Is(res.Err, ledger.ErrConflict) && s.lateReceipt(c.r, disputes):
 			res.Err = nil // billed from its node's claim already: a duplicate
 		}
 		if res.Err == nil && res.Applied {
@@ -348,6 +349,7 @@ func (in *intake) commit(batch []*checked) {
 	if len(drop) > 0 {
 		s.led.DeleteSide(drop...)
 	}
+	s.saveDisputes(disputes)
 }
 
 // capped settles a receipt its consumer cannot fully cover: what is

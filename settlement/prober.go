@@ -3,6 +3,7 @@ package settlement
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -19,7 +20,7 @@ import (
 // Probes look like consumers. A node that could tell the settlement peer's
 // probes from real calls could answer probes well and consumers badly, so
 // probes come from a host of the prober's own, not the platform's peer id,
-// whose identity rotates (Config.ProbeRotate); each probe is a
+// whose identity rotates (Config.ProbeRotate, never cutting a probe short); each probe is a
 // gateway's call in every way a node can see: a req_ id, a grant the
 // platform signed for an account (a fresh one per identity) and a hold,
 // a conversation and a length drawn like consumers', streamed or not. The
@@ -31,42 +32,71 @@ type prober struct {
 	s *Settlement
 
 	mu       sync.Mutex
-	host     *p2p.Host
-	dir      string // the host's data directory (its identity), removed on rotation
-	since    time.Time
-	grant    *p2p.Grant
-	hold     string
+	id       *probeID             // the identity probes start from now
 	accounts map[string]time.Time // probe accounts, until their grants expire
 	rnd      *mrand.Rand
+}
+
+// probeID is one identity of the prober: a host, its grant and hold. It is
+// closed once it is retired and its last probe has ended, so rotating
+// never cuts a probe short (which would count against a healthy node).
+type probeID struct {
+	host    *p2p.Host
+	dir     string // the host's data directory (its key), removed with it
+	since   time.Time
+	grant   *p2p.Grant
+	hold    string
+	users   int  // probes running on it
+	retired bool // a newer identity took over
+}
+
+// release ends one probe's use of id. The caller holds p.mu.
+func (id *probeID) release() {
+	id.users--
+	id.closeIfDone()
+}
+
+func (id *probeID) closeIfDone() {
+	if id.retired && id.users == 0 && id.host != nil {
+		id.host.Close()
+		os.RemoveAll(id.dir)
+		id.host = nil
+	}
 }
 
 func newProber(s *Settlement) *prober {
 	var seed [16]byte
 	rand.Read(seed[:])
 	return &prober{s: s, accounts: map[string]time.Time{},
-		rnd: mrand.New(mrand.NewPCG(binaryUint64(seed[:8]), binaryUint64(seed[8:])))}
+		rnd: mrand.New(mrand.NewPCG(binary.LittleEndian.Uint64(seed[:8]), binary.LittleEndian.Uint64(seed[8:])))}
 }
 
-func binaryUint64(b []byte) uint64 {
-	var v uint64
-	for _, x := range b {
-		v = v<<8 | uint64(x)
-	}
-	return v
-}
-
-// current returns the probing host and its grant, rotating both when the
-// identity is older than ProbeRotate.
-func (p *prober) current(ctx context.Context, now time.Time) (*p2p.Host, *p2p.Grant, string, error) {
+// acquire returns the identity to probe from, taking a new one when the
+// current is older than ProbeRotate; the caller releases it.
+func (p *prober) acquire(ctx context.Context, now time.Time) (*probeID, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.host != nil && now.Sub(p.since) < p.s.cfg.ProbeRotate {
-		return p.host, p.grant, p.hold, nil
+	if p.id == nil || now.Sub(p.id.since) >= p.s.cfg.ProbeRotate {
+		id, err := p.newID(ctx, now)
+		if err != nil {
+			return nil, err
+		}
+		if old := p.id; old != nil {
+			old.retired = true
+			old.closeIfDone()
+		}
+		p.id = id
 	}
-	p.closeLocked()
+	p.id.users++
+	return p.id, nil
+}
+
+// newID starts a host with a fresh key and signs it a grant for a fresh
+// account. The caller holds p.mu.
+func (p *prober) newID(ctx context.Context, now time.Time) (*probeID, error) {
 	dir, err := os.MkdirTemp("", "tokenrouter-probe-")
 	if err != nil {
-		return nil, nil, "", err
+		return nil, err
 	}
 	var boot []string
 	for _, ai := range p.s.cfg.Host.Bootstrap() {
@@ -79,19 +109,15 @@ func (p *prober) current(ctx context.Context, now time.Time) (*p2p.Host, *p2p.Gr
 	h, err := p2p.NewHost(ctx, p2p.Config{DataDir: dir, Listen: []string{"/ip4/0.0.0.0/tcp/0"}, Bootstrap: boot})
 	if err != nil {
 		os.RemoveAll(dir)
-		return nil, nil, "", err
+		return nil, err
 	}
-	var id [8]byte
-	rand.Read(id[:])
-	account := "acct_" + hex.EncodeToString(id[:]) // shaped like every account id; never in the ledger
+	account := "acct_" + randomHex(8) // shaped like every account id; never in the ledger
 	g := &p2p.Grant{Account: account, Gateway: h.IDString(), ExpiresMs: now.Add(GrantTTL).UnixMilli()}
 	if err := g.Sign(p.s.cfg.Host.Key); err != nil {
 		h.Close()
 		os.RemoveAll(dir)
-		return nil, nil, "", err
+		return nil, err
 	}
-	rand.Read(id[:])
-	p.host, p.dir, p.since, p.grant, p.hold = h, dir, now, g, "hold_"+hex.EncodeToString(id[:])
 	p.accounts[account] = now.Add(GrantTTL + time.Hour)
 	for a, until := range p.accounts {
 		if now.After(until) {
@@ -99,7 +125,14 @@ func (p *prober) current(ctx context.Context, now time.Time) (*p2p.Host, *p2p.Gr
 		}
 	}
 	p.s.log.Debug("probing from a new identity", "peer", h.IDString())
-	return h, g, p.hold, nil
+	// A gateway's credit-line hold id (gateway/credit.go): 12 random bytes.
+	return &probeID{host: h, dir: dir, since: now, grant: g, hold: "hold_" + randomHex(12)}, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // isProbe reports whether account is one the prober made up.
@@ -110,49 +143,60 @@ func (p *prober) isProbe(account string) bool {
 	return ok
 }
 
+// close retires the current identity; it closes once its probes end.
 func (p *prober) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.closeLocked()
-}
-
-func (p *prober) closeLocked() {
-	if p.host != nil {
-		p.host.Close()
-		os.RemoveAll(p.dir)
-		p.host = nil
+	if p.id != nil {
+		p.id.retired = true
+		p.id.closeIfDone()
+		p.id = nil
 	}
 }
 
 // probe calls model on node as a consumer's gateway would.
 func (p *prober) probe(ctx context.Context, node peer.ID, model string) error {
-	h, g, hold, err := p.current(ctx, time.Now())
+	id, err := p.acquire(ctx, time.Now())
 	if err != nil {
 		return fmt.Errorf("probe host: %w", err)
 	}
+	defer func() {
+		p.mu.Lock()
+		id.release()
+		p.mu.Unlock()
+	}()
 	// The platform knows where the node is; the probe host need not ask.
 	if addrs := p.s.cfg.Host.Peerstore().Addrs(node); len(addrs) > 0 {
-		h.Peerstore().AddAddrs(node, addrs, peerstore.TempAddrTTL)
+		id.host.Peerstore().AddAddrs(node, addrs, peerstore.TempAddrTTL)
 	}
 	p.mu.Lock()
-	call := probeCall(p.rnd, model, g, hold)
+	call := probeCall(p.rnd, model, id.grant, id.hold)
 	p.mu.Unlock()
-	return h.Probe(ctx, node, call, p.s.cfg.Reputation.ProbeTimeout)
+	return id.host.Probe(ctx, node, call, p.s.cfg.Reputation.ProbeTimeout)
 }
 
-// probePrompts are the conversations probes open with: short, ordinary
-// requests of the kind consumers send.
-var probePrompts = []string{
-	"Summarize the plot of Hamlet in two sentences.",
-	"What is the capital of Australia?",
-	"Write a haiku about autumn rain.",
-	"Explain what a hash table is to a beginner.",
-	"Give me three ideas for a weekend project.",
-	"Translate 'good morning' into Spanish and French.",
-	"How many minutes are in a week?",
-	"Suggest a name for a coffee shop by the sea.",
-	"What does HTTP status 404 mean?",
-	"List two pros and two cons of remote work.",
+// Probes open with ordinary requests of the kind consumers send, drawn
+// from tasks x subjects (hundreds of prompts), so no fixed text marks them.
+var (
+	probeTasks = []string{
+		"Summarize %s in two sentences.", "Explain %s to a beginner.", "Write a haiku about %s.",
+		"Give me three facts about %s.", "What are the pros and cons of %s?", "Write a short tweet about %s.",
+		"List five questions a student might ask about %s.", "Describe %s in one paragraph.",
+		"Suggest a catchy title for an article on %s.", "Translate a one-line description of %s into French.",
+		"What is a common misconception about %s?", "Compare %s with something from everyday life.",
+	}
+	probeSubjects = []string{
+		"the water cycle", "compound interest", "remote work", "the French revolution", "black holes",
+		"sourdough bread", "hash tables", "photosynthesis", "the stock market", "electric cars", "jazz",
+		"the Roman empire", "machine learning", "coffee", "climate change", "chess openings", "volcanoes",
+		"public transport", "the human heart", "recycling", "the Moon landing", "honeybees", "TCP/IP",
+		"minimalism", "the Olympic games",
+	}
+)
+
+// probePrompt draws one prompt.
+func probePrompt(rnd *mrand.Rand) string {
+	return fmt.Sprintf(probeTasks[rnd.IntN(len(probeTasks))], probeSubjects[rnd.IntN(len(probeSubjects))])
 }
 
 // probeCall draws one probe: a prompt, a length and streaming as consumers
@@ -161,7 +205,7 @@ func probeCall(rnd *mrand.Rand, model string, g *p2p.Grant, hold string) p2p.Pro
 	stream := rnd.IntN(2) == 0
 	body := map[string]any{
 		"model":      model,
-		"messages":   []map[string]string{{"role": "user", "content": probePrompts[rnd.IntN(len(probePrompts))]}},
+		"messages":   []map[string]string{{"role": "user", "content": probePrompt(rnd)}},
 		"max_tokens": 8 + rnd.IntN(57),
 	}
 	if rnd.IntN(3) == 0 {

@@ -3,7 +3,10 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
+	"io"
+	"net/http"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -213,6 +216,17 @@ func TestProbesLookLikeConsumers(t *testing.T) {
 	if a := getAccount(t, m.SettleURL, m.OperatorKey); a.EarnedUcr != 0 {
 		t.Fatalf("probes were paid: %+v", a)
 	}
+	// ... because settlement knew them for its own, not because it could
+	// not bill them: the node reported them, and they were set aside.
+	resp, err := http.Get(m.SettleURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !regexp.MustCompile(`tokenrouter_settle_node_claims_total\{outcome="probe"\} [1-9]`).Match(metrics) {
+		t.Fatalf("no probe claim was reported and set aside:\n%s", grepLines(metrics, "node_claims"))
+	}
 	m.Stop()
 	ledgerSumsToZero(t, m)
 }
@@ -220,4 +234,15 @@ func TestProbesLookLikeConsumers(t *testing.T) {
 type probeSeen struct {
 	from string
 	req  p2p.InferRequest
+}
+
+// grepLines returns the lines of b that hold s.
+func grepLines(b []byte, s string) string {
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, s) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -20,6 +20,11 @@ import (
 // claimReportBatch bounds one OpClaims call (settlement takes 500).
 const claimReportBatch = 500
 
+// maxQueuedClaims bounds the claims kept in memory while settlement cannot
+// be reached (~500 bytes each); older ones stay only in the claim log and
+// are sent after the node restarts.
+const maxQueuedClaims = 200_000
+
 // claimReportLinger is how long a claim waits for others to share its
 // write to the claim log and its call to settlement. Claims are the
 // fallback for receipts, which settle calls within ~50 ms; they have the
@@ -117,6 +122,10 @@ func (r *claimReporter) writeLog() {
 	}
 	r.mu.Lock()
 	r.queue = append(r.queue, fresh...)
+	if over := len(r.queue) - maxQueuedClaims; over > 0 {
+		r.log.Warn("settlement unreachable for long: the oldest claims wait in the claim log until the node restarts", "claims", over)
+		r.queue = append(r.queue[:0:0], r.queue[over:]...)
+	}
 	r.mu.Unlock()
 }
 

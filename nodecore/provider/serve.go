@@ -438,11 +438,13 @@ func (c *call) trailer(claim p2p.NodeClaim) error {
 
 // report sends the node's claim to the settlement peer on its own, with
 // the grant and hold the gateway presented: the call is paid even if the
-// gateway never sends its receipt. A call without a grant (a probe, an old
-// gateway) is billed by receipts alone.
+// gateway never sends its receipt. A call without a grant (an old gateway)
+// is billed by receipts alone, and so is one the engine broke off: the
+// gateway fails a broken answer over before its first byte, or bills what
+// it delivered of a broken stream.
 func (c *call) report(claim p2p.NodeClaim, mac []byte) {
 	g := c.req.Grant
-	if g == nil {
+	if g == nil || claim.Incomplete {
 		return
 	}
 	c.n.reporter.submit(&p2p.Receipt{

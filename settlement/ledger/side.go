@@ -15,7 +15,13 @@ const prefixSide = "z/"
 
 // PutSide writes side records and fsyncs them before it returns: what the
 // settlement peer acknowledges from them survives a crash.
-func (l *Ledger) PutSide(kvs map[string][]byte) error {
+func (l *Ledger) PutSide(kvs map[string][]byte) error { return l.putSide(kvs, pebble.Sync) }
+
+// PutSideNoSync writes side records without waiting for an fsync: the next
+// synced write (the ledger's own commits) makes them durable.
+func (l *Ledger) PutSideNoSync(kvs map[string][]byte) error { return l.putSide(kvs, pebble.NoSync) }
+
+func (l *Ledger) putSide(kvs map[string][]byte, opts *pebble.WriteOptions) error {
 	if len(kvs) == 0 {
 		return nil
 	}
@@ -31,7 +37,7 @@ func (l *Ledger) PutSide(kvs map[string][]byte) error {
 	if l.closed {
 		return ErrClosed
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := b.Commit(opts); err != nil {
 		return fmt.Errorf("ledger: side records: %w", err)
 	}
 	return nil
