@@ -186,7 +186,7 @@ func (v *View) watchTwins(ctx context.Context, h *p2p.Host) {
 		v.mu.Lock()
 		defer v.mu.Unlock()
 		now := v.now()
-		v.twins.Observe(s.Peer, s.Addrs, s.Seq, now)
+		v.twins.ObserveConn(s.Peer, s.Addrs, s.Seq, now)
 		v.reconcile(id, now)
 	})
 	if err != nil {

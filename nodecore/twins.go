@@ -72,12 +72,23 @@ type TwinDetector struct {
 }
 
 type twinPeer struct {
-	sets    []*addrSet
-	prev    *addrSet    // the set of the previous announcement
+	ann     source      // announcements: one address set a process
+	conn    source      // connections: one signed peer record a process
 	backs   []time.Time // backward switches within Window
 	flagged bool
 	since   time.Time
 	reason  string
+}
+
+// source is what one kind of sighting saw of a peer. Sequences are only
+// compared within a source: an announcement's counter and a peer record's
+// seq are different clocks, and one process's connections may carry
+// different address sets (identify leaves loopback out of a connection
+// that is not on loopback), so connection sightings tell processes apart
+// by their peer record's seq, not by addresses.
+type source struct {
+	sets []*addrSet
+	prev *addrSet // the set of the previous sighting
 }
 
 type addrSet struct {
@@ -104,6 +115,16 @@ func NewTwinDetector(cfg TwinConfig) *TwinDetector {
 // seq, received at now. It reports whether peer is flagged afterwards and
 // whether that changed.
 func (d *TwinDetector) Observe(peer string, addrs []string, seq uint64, now time.Time) (flagged, changed bool) {
+	return d.observe(peer, false, addrs, seq, now)
+}
+
+// ObserveConn records a live connection to peer whose host identified
+// itself with addrs and a signed peer record of sequence number seq.
+func (d *TwinDetector) ObserveConn(peer string, addrs []string, seq uint64, now time.Time) (flagged, changed bool) {
+	return d.observe(peer, true, addrs, seq, now)
+}
+
+func (d *TwinDetector) observe(peer string, conn bool, addrs []string, seq uint64, now time.Time) (flagged, changed bool) {
 	p := d.peers[peer]
 	if p == nil {
 		if len(d.peers) >= d.cfg.MaxPeers {
@@ -116,15 +137,20 @@ func (d *TwinDetector) Observe(peer string, addrs []string, seq uint64, now time
 		d.peers[peer] = p
 	}
 	was := p.flagged
-	s := p.set(addrs, d.cfg.MaxSets)
-	if q := p.prev; q != nil && q != s && seq < q.maxSeq && q.maxSeq-seq > d.cfg.SeqGap {
+	src, key := &p.ann, AddrSetKey(addrs)
+	if conn {
+		src, key = &p.conn, fmt.Sprintf("record %d", seq)
+	}
+	s := src.set(key, addrs, d.cfg.MaxSets)
+	if q := src.prev; q != nil && q != s && seq < q.maxSeq && q.maxSeq-seq > d.cfg.SeqGap {
 		p.backs = append(p.backs, now)
 	}
 	if now.After(s.last) {
 		s.last = now
 	}
+	s.addrs = addrsOf(AddrSetKey(addrs))
 	s.maxSeq = max(s.maxSeq, seq)
-	p.prev = s
+	src.prev = s
 	d.settle(p, now)
 	if !p.flagged && len(p.backs) >= d.cfg.Returns {
 		p.flagged, p.since = true, now
@@ -137,17 +163,13 @@ func (d *TwinDetector) Observe(peer string, addrs []string, seq uint64, now time
 
 // set returns p's entry for addrs, adding it (and dropping the set seen
 // least recently past max).
-func (p *twinPeer) set(addrs []string, max int) *addrSet {
-	key := AddrSetKey(addrs)
+func (p *source) set(key string, addrs []string, max int) *addrSet {
 	for _, s := range p.sets {
 		if s.key == key {
 			return s
 		}
 	}
-	s := &addrSet{key: key, addrs: strings.Split(key, "\n")}
-	if key == "" {
-		s.addrs = nil
-	}
+	s := &addrSet{key: key, addrs: addrsOf(AddrSetKey(addrs))}
 	if len(p.sets) >= max {
 		oldest := 0
 		for i, o := range p.sets {
@@ -159,6 +181,13 @@ func (p *twinPeer) set(addrs []string, max int) *addrSet {
 	}
 	p.sets = append(p.sets, s)
 	return s
+}
+
+func addrsOf(key string) []string {
+	if key == "" {
+		return nil
+	}
+	return strings.Split(key, "\n")
 }
 
 // AddrSetKey is a canonical form of an address set: sorted, one a line.
@@ -176,13 +205,13 @@ func (d *TwinDetector) settle(p *twinPeer, now time.Time) {
 		cut++
 	}
 	p.backs = p.backs[cut:]
-	if p.flagged && len(p.live(now, d.cfg.Window)) <= 1 {
+	if p.flagged && len(p.ann.live(now, d.cfg.Window)) <= 1 && len(p.conn.live(now, d.cfg.Window)) <= 1 {
 		p.flagged, p.since, p.reason, p.backs = false, time.Time{}, "", nil
 	}
 }
 
-// live returns the sets that announced within window, most recent first.
-func (p *twinPeer) live(now time.Time, window time.Duration) []*addrSet {
+// live returns the sets seen within window, most recent first.
+func (p *source) live(now time.Time, window time.Duration) []*addrSet {
 	var out []*addrSet
 	for _, s := range p.sets {
 		if now.Sub(s.last) <= window {
@@ -194,7 +223,10 @@ func (p *twinPeer) live(now time.Time, window time.Duration) []*addrSet {
 }
 
 func (d *TwinDetector) reason(peer string, p *twinPeer, now time.Time) string {
-	live := p.live(now, d.cfg.Window)
+	live := p.ann.live(now, d.cfg.Window)
+	if c := p.conn.live(now, d.cfg.Window); len(c) > len(live) {
+		live = c
+	}
 	names := make([]string, len(live))
 	for i, s := range live {
 		names[i] = describeSet(peer, s.addrs)
@@ -255,7 +287,7 @@ func (d *TwinDetector) Sweep(now time.Time) (cleared []string) {
 		if was && !p.flagged {
 			cleared = append(cleared, id)
 		}
-		if !p.flagged && len(p.live(now, d.cfg.Window)) == 0 {
+		if !p.flagged && len(p.ann.live(now, d.cfg.Window)) == 0 && len(p.conn.live(now, d.cfg.Window)) == 0 {
 			delete(d.peers, id)
 		}
 	}

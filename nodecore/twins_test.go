@@ -192,7 +192,42 @@ func TestTwinDetectorBounds(t *testing.T) {
 	for i, s := range []string{"a", "b", "c", "d"} {
 		d.Observe("p3", []string{s}, uint64(2+i), t0.Add(time.Minute+time.Duration(i)*time.Second))
 	}
-	if n := len(d.peers["p3"].sets); n != 2 {
+	if n := len(d.peers["p3"].ann.sets); n != 2 {
 		t.Fatalf("%d address sets kept, want 2", n)
+	}
+}
+
+// One process seen through two connections whose identify reports differ
+// (a loopback one lists loopback addresses, a LAN one does not), beside its
+// announcements, is never a twin: connection sightings are told apart by
+// the peer record's seq, and never compared with announcement counters.
+func TestTwinDetectorOneHostTwoConnections(t *testing.T) {
+	d := NewTwinDetector(TwinConfig{})
+	t0 := time.Unix(1_700_000_000, 0)
+	const record = 1_700_000_000_000_000_000 // the peer record's seq: its time in ns
+	announce := uint64(1_699_999_990_000_000_000)
+	for i := range 30 {
+		at := t0.Add(time.Duration(i) * time.Second)
+		announce++
+		if f, _ := d.Observe("n", []string{"/ip4/127.0.0.1/tcp/1", "/ip4/10.0.0.5/tcp/1"}, announce, at); f {
+			t.Fatalf("flagged after %d s on its announcements", i)
+		}
+		if i%3 == 0 {
+			d.ObserveConn("n", []string{"/ip4/127.0.0.1/tcp/1", "/ip4/10.0.0.5/tcp/1"}, record, at)
+			if f, _ := d.ObserveConn("n", []string{"/ip4/10.0.0.5/tcp/1"}, record, at); f {
+				t.Fatalf("flagged after %d s: one host, two connections", i)
+			}
+		}
+	}
+	// Two processes behind the connections (two records) are.
+	flagged := false
+	for i := range 10 {
+		at := t0.Add(time.Minute + time.Duration(i)*3*time.Second)
+		d.ObserveConn("n", []string{"/ip4/10.0.0.5/tcp/1"}, record, at)
+		f, _ := d.ObserveConn("n", []string{"/ip4/10.0.0.6/tcp/1"}, record+5_000_000_000, at)
+		flagged = flagged || f
+	}
+	if !flagged {
+		t.Fatal("two peer records behind live connections were not flagged")
 	}
 }

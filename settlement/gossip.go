@@ -75,7 +75,7 @@ func (s *Settlement) runReputation(ctx context.Context) error {
 	// keeps one stream per peer id): watch connections too.
 	wg.Go(func() {
 		err := p2p.WatchTwins(ctx, s.cfg.Host, twinCheckEvery, func(h p2p.HostSighting) {
-			if s.observeHost(h.Peer, h.Addrs, h.Seq, time.Now()) {
+			if s.observeHost(h.Peer, true, h.Addrs, h.Seq, time.Now()) {
 				soon()
 			}
 		})
@@ -190,11 +190,13 @@ func (s *Settlement) saveLoop(ctx context.Context, path string) {
 // observeTwins feeds an announcement to the twin detector, logs a refusal
 // that starts or ends, and reports whether one did.
 func (s *Settlement) observeTwins(a *p2p.Announcement, now time.Time) (changed bool) {
-	return s.observeHost(a.Node, a.Addrs, a.Seq, now)
+	return s.observeHost(a.Node, false, a.Addrs, a.Seq, now)
 }
 
-func (s *Settlement) observeHost(node string, addrs []string, seq uint64, now time.Time) (changed bool) {
-	changed, ref, refused := s.rep.ObserveAddrs(node, addrs, seq, now)
+// observeHost is observeTwins for an announcement, or with conn for a host
+// found alive behind a connection.
+func (s *Settlement) observeHost(node string, conn bool, addrs []string, seq uint64, now time.Time) (changed bool) {
+	changed, ref, refused := s.rep.ObserveAddrs(node, conn, addrs, seq, now)
 	switch {
 	case changed && refused:
 		s.log.Warn("refusing a node: its peer id is announced by more than one host", "node", node, "reason", ref.Reason)

@@ -281,14 +281,18 @@ func (r *Reputation) Load(path string) error {
 }
 
 // ObserveAddrs feeds the twin detector with an announcement (in order or a
-// stray) received at now. It reports whether the node's refusal changed,
-// and the refusal when it is refused.
-// (A p2p.HostSighting, a host found alive behind a connection, counts as
-// an announcement: its listen addresses and peer record sequence.)
-func (r *Reputation) ObserveAddrs(node string, addrs []string, seq uint64, now time.Time) (changed bool, ref p2p.Refusal, refused bool) {
+// stray) received at now, or with conn a p2p.HostSighting (a host found
+// alive behind a connection: its listen addresses and peer record
+// sequence). It reports whether the node's refusal changed, and the
+// refusal when it is refused.
+func (r *Reputation) ObserveAddrs(node string, conn bool, addrs []string, seq uint64, now time.Time) (changed bool, ref p2p.Refusal, refused bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	refused, changed = r.twins.Observe(node, addrs, seq, now)
+	if conn {
+		refused, changed = r.twins.ObserveConn(node, addrs, seq, now)
+	} else {
+		refused, changed = r.twins.Observe(node, addrs, seq, now)
+	}
 	if refused {
 		ref, _ = r.refusal(node, now)
 	}

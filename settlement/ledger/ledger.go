@@ -161,6 +161,10 @@ type Ledger struct {
 	nodes map[string]string // peer id -> account
 
 	txns sync.Pool // *txn
+
+	// snapshots counts the snapshots proofs are being built from; Close
+	// waits for them (Pebble refuses to close with one open).
+	snapshots sync.WaitGroup
 }
 
 // pebbleOptions is the Pebble configuration of a ledger store.
@@ -250,6 +254,7 @@ func (l *Ledger) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.closed = true
+	l.snapshots.Wait()
 	return l.db.Close()
 }
 

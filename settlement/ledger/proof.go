@@ -80,28 +80,40 @@ type ProofLeaf struct {
 // it, ErrUnprovable if its batch predates Merkle roots, and an error if the
 // request id names calls through several gateways (give the full key).
 func (l *Ledger) Prove(requestID string) (*Proof, error) {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	if l.closed {
-		return nil, ErrClosed
+	src, err := l.proofSource()
+	if err != nil {
+		return nil, err
 	}
-	return l.proofSource().proveOne(requestID)
+	defer src.close()
+	return src.proveOne(requestID)
 }
 
 // Proofs is Prove for every call the request id names (one per gateway that
 // settled a call under it; almost always one). It returns ErrNotFound (or
 // ErrUnprovable) if there is none to prove.
 func (l *Ledger) Proofs(requestID string) ([]*Proof, error) {
+	src, err := l.proofSource()
+	if err != nil {
+		return nil, err
+	}
+	defer src.close()
+	return src.proveAll(requestID)
+}
+
+// proofSource is a snapshot of the published state to build proofs from,
+// off the ledger's lock: rebuilding a batch of thousands of transfers must
+// not hold back the commits that publish (they take l.mu exclusively).
+// The caller closes the snapshot.
+func (l *Ledger) proofSource() (*proofSource, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.closed {
 		return nil, ErrClosed
 	}
-	return l.proofSource().proveAll(requestID)
-}
-
-func (l *Ledger) proofSource() *proofSource {
-	return &proofSource{db: l.db, nextSeq: l.pub.nextSeq, head: l.pub.head.Seq}
+	snap := l.db.NewSnapshot()
+	l.snapshots.Add(1)
+	return &proofSource{db: snap, nextSeq: l.pub.nextSeq, head: l.pub.head.Seq,
+		close: func() { snap.Close(); l.snapshots.Done() }}, nil
 }
 
 // ProveDir opens the closed ledger in dir read-only (it writes nothing) and
@@ -136,6 +148,7 @@ type proofSource struct {
 	db      pebble.Reader
 	nextSeq uint64
 	head    uint64
+	close   func() // releases db when it is a snapshot
 }
 
 func (s *proofSource) proveOne(requestID string) (*Proof, error) {
