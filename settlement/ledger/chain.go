@@ -448,7 +448,7 @@ func replayPosting(txs *seqIter, seq, last uint64, rec *postingRec, sums map[str
 		}
 		if sink.tree != nil {
 			var lh [32]byte
-			lh, buf = leafHash(buf, seq+uint64(i), rec.key, e.leg, e.from, e.to, e.amount, e.kind, rec.time)
+			lh, buf = leafHash(buf, seq+uint64(i), rec.key, e.leg, len(rec.txs), e.from, e.to, e.amount, e.kind, rec.time)
 			sink.tree.add(lh)
 		} else {
 			buf = appendTxDigest(buf[:0], seq+uint64(i), rec.key, e.leg, e.from, e.to, e.amount, e.kind)

@@ -432,7 +432,7 @@ func (t *txn) addPosting(p *Posting) {
 			t.txSum.Write(t.dbuf)
 		} else {
 			var h [32]byte
-			h, t.dbuf = leafHash(t.dbuf, t.nextSeq, p.Key, e.leg, e.from, e.to, e.amount, e.kind, t.nowNs)
+			h, t.dbuf = leafHash(t.dbuf, t.nextSeq, p.Key, e.leg, len(t.pend), e.from, e.to, e.amount, e.kind, t.nowNs)
 			t.tree.add(h)
 		}
 		t.nextSeq++

@@ -11,25 +11,28 @@ import (
 // A version-2 chain link commits to an RFC 6962 Merkle tree over its
 // batch's transfers, one leaf per transfer in sequence order:
 //
-//	leaf      = leafV1 || u64 seq || str id || str from || str to || u64 amount || str kind || u64 time
+//	leaf      = leafV2 || u64 seq || str id || uvarint legs || str from || str to || u64 amount || str kind || u64 time
 //	leaf hash = SHA-256(0x00 || leaf)
 //	node hash = SHA-256(0x01 || left || right)
 //
-// (u64 big-endian, str a uvarint length and the bytes, time the posting's
-// unix ns). The root of an empty batch is SHA-256 of nothing. Inclusion
+// (u64 big-endian, str a uvarint length and the bytes, legs the number of
+// transfers of the posting, time the posting's unix ns). A posting's
+// transfers have consecutive seqs, and every leaf names how many there are,
+// so a proof cannot leave one of a call's legs out unnoticed. The root of an empty batch is SHA-256 of nothing. Inclusion
 // proofs are built and checked with github.com/transparency-dev/merkle;
 // the commit path computes the root with merkleAcc, which gives the same
 // root without an allocation per node.
-const leafV1 = 1
+const leafV2 = 2
 
 // appendLeaf appends the leaf encoding of transfer seq.
-func appendLeaf(b []byte, seq uint64, key, leg, from, to string, amount int64, kind string, time int64) []byte {
-	b = append(b, leafV1)
+func appendLeaf(b []byte, seq uint64, key, leg string, legs int, from, to string, amount int64, kind string, time int64) []byte {
+	b = append(b, leafV2)
 	b = binary.BigEndian.AppendUint64(b, seq)
 	b = binary.AppendUvarint(b, uint64(len(key)+1+len(leg)))
 	b = append(b, key...)
 	b = append(b, '/')
 	b = append(b, leg...)
+	b = binary.AppendUvarint(b, uint64(legs))
 	b = appendStr(b, from)
 	b = appendStr(b, to)
 	b = binary.BigEndian.AppendUint64(b, uint64(amount))
@@ -39,34 +42,35 @@ func appendLeaf(b []byte, seq uint64, key, leg, from, to string, amount int64, k
 
 // leafHash is SHA-256(0x00 || leaf) of the leaf appendLeaf would encode;
 // buf is scratch and is returned for reuse.
-func leafHash(buf []byte, seq uint64, key, leg, from, to string, amount int64, kind string, time int64) ([32]byte, []byte) {
-	buf = appendLeaf(append(buf[:0], 0), seq, key, leg, from, to, amount, kind, time)
+func leafHash(buf []byte, seq uint64, key, leg string, legs int, from, to string, amount int64, kind string, time int64) ([32]byte, []byte) {
+	buf = appendLeaf(append(buf[:0], 0), seq, key, leg, legs, from, to, amount, kind, time)
 	return sha256.Sum256(buf), buf
 }
 
-// decodeLeaf parses a leaf encoding back into the transfer it describes.
-func decodeLeaf(b []byte) (TxRecord, error) {
-	var r TxRecord
-	if len(b) == 0 || b[0] != leafV1 {
-		return r, errors.New("unknown leaf format")
+// decodeLeaf parses a leaf encoding back into the transfer it describes
+// and the number of transfers of its posting.
+func decodeLeaf(b []byte) (r TxRecord, legs uint64, err error) {
+	if len(b) == 0 || b[0] != leafV2 {
+		return r, 0, errors.New("unknown leaf format")
 	}
 	d := decoder{b: b[1:]}
 	r.Seq = d.u64()
 	r.ID = d.str()
+	legs = d.uvarint()
 	r.From = d.str()
 	r.To = d.str()
 	r.Amount = int64(d.u64())
 	r.Kind = d.str()
 	r.Time = fromUnixNano(int64(d.u64()))
 	if err := d.finish(); err != nil {
-		return r, err
+		return r, 0, err
 	}
 	i := strings.LastIndexByte(r.ID, '/')
 	if i <= 0 {
-		return r, fmt.Errorf("transfer id %q has no leg", r.ID)
+		return r, 0, fmt.Errorf("transfer id %q has no leg", r.ID)
 	}
 	r.Key = r.ID[:i]
-	return r, nil
+	return r, legs, nil
 }
 
 func hashChildren(l, r *[32]byte) [32]byte {

@@ -276,11 +276,11 @@ func (s *proofSource) prove(key string) (*Proof, error) {
 		for i, e := range prec.txs {
 			seq := first + uint64(i)
 			var h [32]byte
-			h, buf = leafHash(buf, seq, prec.key, e.leg, e.from, e.to, e.amount, e.kind, prec.time)
+			h, buf = leafHash(buf, seq, prec.key, e.leg, len(prec.txs), e.from, e.to, e.amount, e.kind, prec.time)
 			if prec.key == key {
 				mine = append(mine, ProofLeaf{
 					Index:    uint64(len(leaves)),
-					Leaf:     appendLeaf(nil, seq, prec.key, e.leg, e.from, e.to, e.amount, e.kind, prec.time),
+					Leaf:     appendLeaf(nil, seq, prec.key, e.leg, len(prec.txs), e.from, e.to, e.amount, e.kind, prec.time),
 					Transfer: prec.tx(seq),
 				})
 			}
@@ -438,9 +438,17 @@ func VerifyProof(p *Proof, pub Verifier) error {
 			return bad("leaf %d: index %d repeated or outside a tree of %d", i, lf.Index, p.TreeSize)
 		}
 		seen[lf.Index] = true
-		tr, err := decodeLeaf(lf.Leaf)
+		tr, legs, err := decodeLeaf(lf.Leaf)
 		if err != nil {
 			return bad("leaf %d does not decode: %v", i, err)
+		}
+		// Every leg of the call, each once: a posting's transfers are
+		// consecutive, and each leaf names how many there are.
+		if legs != uint64(len(p.Leaves)) {
+			return bad("leaf %d is one of %d transfers of %q; the proof shows %d", i, legs, p.Key, len(p.Leaves))
+		}
+		if lf.Index < p.Leaves[0].Index || lf.Index-p.Leaves[0].Index >= legs {
+			return bad("leaf %d: index %d is not among the call's %d consecutive transfers", i, lf.Index, legs)
 		}
 		if tr.Key != p.Key {
 			return bad("leaf %d is transfer %q, not one of %q", i, tr.ID, p.Key)

@@ -264,9 +264,10 @@ func TestProofTampering(t *testing.T) {
 			tr := &p.Leaves[0].Transfer
 			tr.Amount *= 10
 			leg := strings.TrimPrefix(tr.ID, tr.Key+"/")
-			p.Leaves[0].Leaf = appendLeaf(nil, tr.Seq, tr.Key, leg, tr.From, tr.To, tr.Amount, tr.Kind, tr.Time.UnixNano())
+			p.Leaves[0].Leaf = appendLeaf(nil, tr.Seq, tr.Key, leg, len(p.Leaves), tr.From, tr.To, tr.Amount, tr.Kind, tr.Time.UnixNano())
 		},
 		"shown amount":     func(p *Proof) { p.Leaves[1].Transfer.Amount++ },
+		"a leg left out":   func(p *Proof) { p.Leaves = p.Leaves[:1] },
 		"shown account":    func(p *Proof) { p.Leaves[0].Transfer.To = "acct_thief" },
 		"path element":     func(p *Proof) { p.Leaves[1].Path[2][5] ^= 0x40 },
 		"path shortened":   func(p *Proof) { p.Leaves[0].Path = p.Leaves[0].Path[:len(p.Leaves[0].Path)-1] },
@@ -288,7 +289,7 @@ func TestProofTampering(t *testing.T) {
 		"no leaves":        func(p *Proof) { p.Leaves = nil },
 		"repeated leaf":    func(p *Proof) { p.Leaves[1] = p.Leaves[0] },
 		"short root":       func(p *Proof) { p.Link.Root = p.Link.Root[:31] },
-		"leaf version":     func(p *Proof) { p.Leaves[0].Leaf[0] = 2 },
+		"leaf version":     func(p *Proof) { p.Leaves[0].Leaf[0] = 1 },
 		"leaf trailing":    func(p *Proof) { p.Leaves[0].Leaf = append(p.Leaves[0].Leaf, 0) },
 		"re-signed, other": func(p *Proof) { s, _ := newKeys(9); p.Link.Sig, _ = s.Sign(p.Link.Hash) },
 	}
