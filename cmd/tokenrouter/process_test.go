@@ -205,16 +205,9 @@ func TestRolesAsProcesses(t *testing.T) {
 
 func getJSON(t *testing.T, url, key string) []byte {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, url, nil)
-	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %s %s", url, resp.Status, b)
+	status, b := getWithStatus(t, url, key)
+	if status != 200 {
+		t.Fatalf("GET %s: %d %s", url, status, b)
 	}
 	return b
 }
