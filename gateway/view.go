@@ -126,7 +126,12 @@ func (v *View) apply(id peer.ID, m p2p.ModelLoad, a *p2p.Announcement, now time.
 	// This gateway's share of the gossiped count is stale; Table adds its
 	// live count instead.
 	others := m.InFlight - m.InFlightBy[v.self]
-	t.SetLoad(h, nodecore.EffectiveCapacity(m.Capacity, ramp), others, a.TokPerSec, now)
+	t.SetLoad(h, route.Load{
+		Capacity:  nodecore.EffectiveCapacity(m.Capacity, ramp),
+		Declared:  float64(m.Capacity),
+		InFlight:  others,
+		TokPerSec: a.TokPerSec,
+	}, now)
 }
 
 func (v *View) removeInstance(id peer.ID, model string) {
@@ -425,7 +430,7 @@ func (v *View) Unreachable(id peer.ID) {
 	for _, m := range e.ann.Models {
 		if t := v.tables[m.Model]; t != nil {
 			if h, ok := t.Lookup(id.String()); ok {
-				t.SetLoad(h, 0, 0, e.ann.TokPerSec, now)
+				t.SetLoad(h, route.Load{TokPerSec: e.ann.TokPerSec}, now)
 			}
 		}
 	}

@@ -11,6 +11,8 @@ type Info struct {
 	Candidate bool    `json:"candidate"`
 	Spare     float64 `json:"spare_capacity"`
 	Capacity  float64 `json:"effective_capacity"`
+	Declared  float64 `json:"-"`                 // declared capacity (the gateway shows the announced one)
+	Spill     bool    `json:"spill"`             // a candidate only for its declared headroom: every instance is at its ramped capacity
 	InFlight  int     `json:"in_flight"`         // per its last announcement
 	Local     int     `json:"gateway_in_flight"` // this gateway's calls
 	TokPerSec float64 `json:"tok_s"`             // measured here, else the node's claim
@@ -29,6 +31,7 @@ func (t *Table) Info(h Handle, now time.Time) (Info, bool) {
 	i := Info{
 		ID: in.id, State: in.state.String(), Breaker: in.state.Breaker(),
 		Candidate: in.level >= 0, Spare: in.spare(), Capacity: in.capacity,
+		Declared: in.declared, Spill: in.level >= 0 && in.set == spill,
 		InFlight: in.gossip, Local: in.local, TokPerSec: in.claimed,
 		Weight: float64(in.weight) / MaxWeight,
 	}
@@ -45,8 +48,10 @@ func (t *Table) Info(h Handle, now time.Time) (Info, bool) {
 func (t *Table) Candidates(now time.Time) int {
 	t.advance(now.UnixNano())
 	n := 0
-	for _, b := range t.buckets {
-		n += len(b)
+	for i := range t.sets {
+		for _, b := range t.sets[i].buckets {
+			n += len(b)
+		}
 	}
 	return n
 }

@@ -124,11 +124,13 @@ type instance struct {
 	live     bool
 	state    State
 	capacity float64 // effective capacity (ramp-up applied by the caller)
+	declared float64 // declared capacity: the headroom above capacity is spill-over
 	gossip   int     // in-flight per its last announcement
 	local    int     // this gateway's calls in flight
 	weight   int32   // tie weight, 1..MaxWeight
 	placedW  int32   // the weight counted in its bucket's sum
 	level    int32   // bucket, or -1 when not a candidate
+	set      uint8   // which bucketSet level is in: preferred or spill
 	pos      int32   // index in its bucket
 	until    int64   // Parked / BelowFloor: when it ends (unix ns)
 	timerGen uint32  // invalidates stale timer entries
@@ -142,17 +144,40 @@ type instance struct {
 // Table holds the instances of one model. It is not safe for concurrent
 // use; the caller serialises access.
 type Table struct {
-	cfg      Config
-	rnd      *rand.Rand
-	insts    []instance
-	free     []Handle
-	byID     map[string]Handle
+	cfg    Config
+	rnd    *rand.Rand
+	insts  []instance
+	free   []Handle
+	byID   map[string]Handle
+	sets   [2]bucketSet // preferred: spare within effective capacity; spill: only declared headroom left
+	band   int
+	timers timerHeap
+}
+
+// The two candidate sets. Ramp-up shapes who is preferred, never whether a
+// consumer is served: while any instance has spare effective capacity only
+// those are drawn; when none has, the declared headroom of ramping
+// instances is used rather than refusing the call.
+const (
+	preferred = 0
+	spill     = 1
+)
+
+// bucketSet holds candidates in buckets by spare capacity.
+type bucketSet struct {
 	buckets  [][]Handle
 	sums     []int64
 	maxW     []int32
 	occupied []uint64
-	band     int
-	timers   timerHeap
+}
+
+func newBucketSet(n int) bucketSet {
+	return bucketSet{
+		buckets:  make([][]Handle, n),
+		sums:     make([]int64, n),
+		maxW:     make([]int32, n),
+		occupied: make([]uint64, (n+63)/64),
+	}
 }
 
 // NewTable returns an empty table drawing randomness from rnd.
@@ -165,14 +190,11 @@ func NewTable(cfg Config, rnd *rand.Rand) (*Table, error) {
 	}
 	n := cfg.Levels + 1
 	return &Table{
-		cfg:      cfg,
-		rnd:      rnd,
-		byID:     map[string]Handle{},
-		buckets:  make([][]Handle, n),
-		sums:     make([]int64, n),
-		maxW:     make([]int32, n),
-		occupied: make([]uint64, (n+63)/64),
-		band:     int(math.Round(cfg.TieBand * float64(cfg.Levels))),
+		cfg:  cfg,
+		rnd:  rnd,
+		byID: map[string]Handle{},
+		sets: [2]bucketSet{newBucketSet(n), newBucketSet(n)},
+		band: int(math.Round(cfg.TieBand * float64(cfg.Levels))),
 	}, nil
 }
 
@@ -225,23 +247,35 @@ func (t *Table) get(h Handle) *instance {
 	return &t.insts[h]
 }
 
-// SetLoad records an instance's announced load: its effective capacity
-// (declared capacity with ramp-up applied), calls in flight, and its own
-// rate claim (0 = not measured).
-func (t *Table) SetLoad(h Handle, capacity float64, inFlight int, claimedTokPerSec float64, now time.Time) {
+// Load is an instance's announced load.
+type Load struct {
+	Capacity  float64 // effective capacity: declared with ramp-up applied
+	Declared  float64 // declared capacity; below Capacity counts as Capacity
+	InFlight  int     // calls in flight, less this gateway's own
+	TokPerSec float64 // the node's own rate claim (0 = not measured)
+}
+
+// SetLoad records an instance's announced load.
+func (t *Table) SetLoad(h Handle, l Load, now time.Time) {
 	in := t.get(h)
 	if in == nil {
 		return
 	}
-	in.capacity = max(capacity, 0)
-	in.gossip = max(inFlight, 0)
-	in.claimed = max(claimedTokPerSec, 0)
+	in.capacity = max(l.Capacity, 0)
+	in.declared = max(l.Declared, in.capacity)
+	in.gossip = max(l.InFlight, 0)
+	in.claimed = max(l.TokPerSec, 0)
 	t.advance(now.UnixNano())
-	if in.state == Closed && in.samples == 0 && in.claimed > 0 && in.claimed < t.cfg.FloorTokPerSec {
+	if in.state == Closed && in.samples == 0 && in.claimsBelow(t.cfg.FloorTokPerSec) {
 		// The node says itself it is under the floor.
 		t.setTimer(h, BelowFloor, now.UnixNano()+int64(t.cfg.FloorRetry))
 	}
 	t.place(h)
+}
+
+// claimsBelow reports whether the node's own rate claim is under floor.
+func (in *instance) claimsBelow(floor float64) bool {
+	return in.claimed > 0 && in.claimed < floor
 }
 
 // SetHealth sets the tie weight from a health score in (0,1].
@@ -278,27 +312,35 @@ func (t *Table) Pick(now time.Time, exclude []Handle) Handle {
 	return h
 }
 
-// draw picks among the candidates in the best band.
+// draw picks among the candidates in the best band of the preferred set,
+// or of the spill set when no instance has effective capacity to spare.
 func (t *Table) draw() Handle {
-	best := t.highest()
+	if h := t.drawFrom(&t.sets[preferred]); h != None {
+		return h
+	}
+	return t.drawFrom(&t.sets[spill])
+}
+
+func (t *Table) drawFrom(s *bucketSet) Handle {
+	best := s.highest()
 	if best < 0 {
 		return None
 	}
 	lo := max(best-t.band, 0)
 	var total int64
 	for b := lo; b <= best; b++ {
-		total += t.sums[b]
+		total += s.sums[b]
 	}
 	x := t.rnd.Int64N(total)
 	b := best
 	for ; b > lo; b-- {
-		if x < t.sums[b] {
+		if x < s.sums[b] {
 			break
 		}
-		x -= t.sums[b]
+		x -= s.sums[b]
 	}
-	members := t.buckets[b]
-	maxW := t.maxW[b]
+	members := s.buckets[b]
+	maxW := s.maxW[b]
 	for {
 		h := members[t.rnd.IntN(len(members))]
 		if w := t.insts[h].weight; w >= maxW || t.rnd.Int32N(maxW) < w {
@@ -308,9 +350,9 @@ func (t *Table) draw() Handle {
 }
 
 // highest returns the best occupied bucket, or -1.
-func (t *Table) highest() int {
-	for i := len(t.occupied) - 1; i >= 0; i-- {
-		if w := t.occupied[i]; w != 0 {
+func (s *bucketSet) highest() int {
+	for i := len(s.occupied) - 1; i >= 0; i-- {
+		if w := s.occupied[i]; w != 0 {
 			return i*64 + bits.Len64(w) - 1
 		}
 	}
@@ -334,7 +376,7 @@ func (t *Table) Release(h Handle, o Outcome, now time.Time) {
 	case Failure:
 		t.fail(h, ns)
 	case Full:
-		in.gossip = max(in.gossip, int(math.Ceil(in.capacity))) // no spare until its next announcement
+		in.gossip = max(in.gossip, int(math.Ceil(in.declared))) // no spare until its next announcement
 		if in.state == Probing {
 			in.state = HalfOpen // the probe told us nothing: the next call probes
 		}
@@ -409,6 +451,14 @@ func (t *Table) advance(ns int64) {
 			in.state = HalfOpen
 		case BelowFloor:
 			in.state, in.samples, in.rate = Closed, 0, 0 // measure afresh
+			if in.claimsBelow(t.cfg.FloorTokPerSec) {
+				// Its own latest claim is still under the floor (settlement's
+				// probes keep it current): no call to find out again.
+				in.timerGen++
+				in.state, in.until = BelowFloor, tm.at+int64(t.cfg.FloorRetry)
+				t.timers.push(timer{at: in.until, h: tm.h, gen: in.timerGen})
+				continue
+			}
 		}
 		t.place(tm.h)
 	}
@@ -416,26 +466,38 @@ func (t *Table) advance(ns int64) {
 
 // spare is the instance's spare capacity in [.., 1].
 func (in *instance) spare() float64 {
-	if in.capacity <= 0 {
+	return spareOf(in.capacity, in.gossip+in.local)
+}
+
+// headroom is its spare declared capacity in [.., 1].
+func (in *instance) headroom() float64 {
+	return spareOf(in.declared, in.gossip+in.local)
+}
+
+func spareOf(capacity float64, inFlight int) float64 {
+	if capacity <= 0 {
 		return 0
 	}
-	return 1 - float64(in.gossip+in.local)/in.capacity
+	return 1 - float64(inFlight)/capacity
 }
 
 // place puts h in the bucket its state and spare capacity call for.
 func (t *Table) place(h Handle) {
 	in := &t.insts[h]
-	want := int32(-1)
+	want, set := int32(-1), uint8(preferred)
 	if in.live && (in.state == Closed || in.state == HalfOpen) {
 		if s := in.spare(); s > 0 {
-			want = int32(min(int(s*float64(t.cfg.Levels)), t.cfg.Levels))
+			want = t.level(s)
+		} else if s := in.headroom(); s > 0 {
+			want, set = t.level(s), spill
 		}
 	}
-	if want == in.level {
+	if want == in.level && set == in.set {
 		if want >= 0 && in.placedW != in.weight { // same bucket, new weight
-			t.sums[want] += int64(in.weight - in.placedW)
+			s := &t.sets[set]
+			s.sums[want] += int64(in.weight - in.placedW)
 			in.placedW = in.weight
-			t.maxW[want] = max(t.maxW[want], in.weight)
+			s.maxW[want] = max(s.maxW[want], in.weight)
 		}
 		return
 	}
@@ -443,13 +505,18 @@ func (t *Table) place(h Handle) {
 	if want < 0 {
 		return
 	}
-	b := t.buckets[want]
-	in.level, in.pos = want, int32(len(b))
-	t.buckets[want] = append(b, h)
-	t.sums[want] += int64(in.weight)
+	s := &t.sets[set]
+	b := s.buckets[want]
+	in.level, in.set, in.pos = want, set, int32(len(b))
+	s.buckets[want] = append(b, h)
+	s.sums[want] += int64(in.weight)
 	in.placedW = in.weight
-	t.maxW[want] = max(t.maxW[want], in.weight)
-	t.occupied[want/64] |= 1 << (want % 64)
+	s.maxW[want] = max(s.maxW[want], in.weight)
+	s.occupied[want/64] |= 1 << (want % 64)
+}
+
+func (t *Table) level(spare float64) int32 {
+	return int32(min(int(spare*float64(t.cfg.Levels)), t.cfg.Levels))
 }
 
 // unplace takes h out of its bucket.
@@ -459,16 +526,17 @@ func (t *Table) unplace(h Handle) {
 	if l < 0 {
 		return
 	}
-	b := t.buckets[l]
+	s := &t.sets[in.set]
+	b := s.buckets[l]
 	last := b[len(b)-1]
 	b[in.pos] = last
 	t.insts[last].pos = in.pos
 	b = b[:len(b)-1]
-	t.buckets[l] = b
-	t.sums[l] -= int64(in.placedW)
+	s.buckets[l] = b
+	s.sums[l] -= int64(in.placedW)
 	if len(b) == 0 {
-		t.occupied[l/64] &^= 1 << (l % 64)
-		t.maxW[l] = 0
+		s.occupied[l/64] &^= 1 << (l % 64)
+		s.maxW[l] = 0
 	}
 	in.level = -1
 }

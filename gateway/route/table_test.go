@@ -23,7 +23,7 @@ func idle(tb *Table, n int, c float64) []Handle {
 	hs := make([]Handle, n)
 	for i := range hs {
 		hs[i] = tb.Add(fmt.Sprintf("node-%d", i))
-		tb.SetLoad(hs[i], c, 0, 0, t0)
+		tb.SetLoad(hs[i], Load{Capacity: c, InFlight: 0, TokPerSec: 0}, t0)
 	}
 	return hs
 }
@@ -73,7 +73,7 @@ func TestLeastLoaded(t *testing.T) {
 			var hs []Handle
 			for i, l := range tc.loads {
 				h := tb.Add(fmt.Sprint(i))
-				tb.SetLoad(h, l[0], int(l[1]), 0, t0)
+				tb.SetLoad(h, Load{Capacity: l[0], InFlight: int(l[1]), TokPerSec: 0}, t0)
 				hs = append(hs, h)
 			}
 			for range 50 {
@@ -233,7 +233,7 @@ func TestFloor(t *testing.T) {
 	t.Run("a node's own claim under the floor counts until measured", func(t *testing.T) {
 		tb := newTable(t, 8)
 		h := tb.Add("claims-slow")
-		tb.SetLoad(h, 8, 0, 2, t0)
+		tb.SetLoad(h, Load{Capacity: 8, InFlight: 0, TokPerSec: 2}, t0)
 		if tb.Pick(t0, nil) != None {
 			t.Fatal("picked a node that says it is under the floor")
 		}
@@ -329,7 +329,7 @@ func TestBreaker(t *testing.T) {
 		if pickOnly(tb, t0) != None {
 			t.Fatal("picked a node that answered 429")
 		}
-		tb.SetLoad(h, 8, 1, 0, t0)
+		tb.SetLoad(h, Load{Capacity: 8, InFlight: 1, TokPerSec: 0}, t0)
 		if pickOnly(tb, t0) != h {
 			t.Fatal("not a candidate again after a fresh announcement")
 		}
@@ -363,7 +363,7 @@ func TestRemoveAndReuse(t *testing.T) {
 		tb.Release(h, Success, t0)
 	}
 	n := tb.Add("newcomer")
-	tb.SetLoad(n, 8, 0, 0, t0)
+	tb.SetLoad(n, Load{Capacity: 8, InFlight: 0, TokPerSec: 0}, t0)
 	if _, ok := tb.Lookup("node-1"); ok || tb.Len() != 3 {
 		t.Fatalf("len %d", tb.Len())
 	}
@@ -372,8 +372,9 @@ func TestRemoveAndReuse(t *testing.T) {
 // Property: over random event sequences, (1) a neutral outcome never
 // changes the breaker state, (2) a parked instance is never picked and an
 // instance in half-open takes exactly one call at a time, (3) Pick only
-// returns instances with spare capacity, (4) bucket bookkeeping matches a
-// brute-force recount.
+// returns instances with spare declared capacity, and one without spare
+// effective capacity only when no candidate has any, (4) bucket
+// bookkeeping matches a brute-force recount.
 func TestPropertiesOverRandomEvents(t *testing.T) {
 	for seed := range uint64(30) {
 		r := rand.New(rand.NewPCG(seed, 99))
@@ -392,8 +393,18 @@ func TestPropertiesOverRandomEvents(t *testing.T) {
 					continue
 				}
 				b := before[h]
-				if b.Breaker == "open" || b.State == "probing" || b.State == "below-floor" || !b.Candidate || b.Spare <= 0 {
+				if b.Breaker == "open" || b.State == "probing" || b.State == "below-floor" || !b.Candidate {
 					t.Fatalf("seed %d step %d: picked %d in %+v", seed, step, h, b)
+				}
+				if b.Spare <= 0 {
+					if b.Local+b.InFlight >= int(b.Declared) || !b.Spill {
+						t.Fatalf("seed %d step %d: picked %d with no declared headroom: %+v", seed, step, h, b)
+					}
+					for o, i := range before {
+						if i.Candidate && i.Spare > 0 {
+							t.Fatalf("seed %d step %d: spilled onto %d while %d had spare %v", seed, step, h, o, i.Spare)
+						}
+					}
 				}
 				inFlight[h]++
 			case op < 8:
@@ -417,7 +428,8 @@ func TestPropertiesOverRandomEvents(t *testing.T) {
 				}
 			case op < 9:
 				h := hs[r.IntN(len(hs))]
-				tb.SetLoad(h, float64(r.IntN(6)), r.IntN(4), 0, now)
+				c := float64(r.IntN(6))
+				tb.SetLoad(h, Load{Capacity: c, Declared: c * float64(1+r.IntN(3)), InFlight: r.IntN(4)}, now)
 			default:
 				tb.SetHealth(hs[r.IntN(len(hs))], r.Float64())
 			}
@@ -436,24 +448,91 @@ func snapshot(tb *Table, now time.Time) map[Handle]Info {
 
 func checkBuckets(t *testing.T, tb *Table) {
 	t.Helper()
-	for l, b := range tb.buckets {
-		var sum int64
-		for i, h := range b {
-			in := &tb.insts[h]
-			if int(in.level) != l || int(in.pos) != i {
-				t.Fatalf("instance %d at bucket %d/%d thinks %d/%d", h, l, i, in.level, in.pos)
+	for si := range tb.sets {
+		set := &tb.sets[si]
+		for l, b := range set.buckets {
+			var sum int64
+			for i, h := range b {
+				in := &tb.insts[h]
+				if int(in.level) != l || int(in.pos) != i || int(in.set) != si {
+					t.Fatalf("instance %d at set %d bucket %d/%d thinks %d %d/%d", h, si, l, i, in.set, in.level, in.pos)
+				}
+				sum += int64(in.placedW)
+				if in.placedW > set.maxW[l] {
+					t.Fatalf("bucket %d max weight %d below member weight %d", l, set.maxW[l], in.placedW)
+				}
 			}
-			sum += int64(in.placedW)
-			if in.placedW > tb.maxW[l] {
-				t.Fatalf("bucket %d max weight %d below member weight %d", l, tb.maxW[l], in.placedW)
+			if sum != set.sums[l] {
+				t.Fatalf("bucket %d sum %d, recount %d", l, set.sums[l], sum)
+			}
+			if occ := set.occupied[l/64]&(1<<(l%64)) != 0; occ != (len(b) > 0) {
+				t.Fatalf("bucket %d occupancy bit %v with %d members", l, occ, len(b))
 			}
 		}
-		if sum != tb.sums[l] {
-			t.Fatalf("bucket %d sum %d, recount %d", l, tb.sums[l], sum)
+	}
+}
+
+// Ramp-up shapes who is preferred, never whether a call is served: a
+// ramping instance's declared headroom is used once every candidate is at
+// its ramped capacity, and only then.
+func TestRampUpNeverRefusesWithFreeCapacity(t *testing.T) {
+	tb := newTable(t, 21)
+	veteran := tb.Add("veteran")
+	tb.SetLoad(veteran, Load{Capacity: 4, Declared: 4}, t0)
+	fresh := tb.Add("newcomer")
+	tb.SetLoad(fresh, Load{Capacity: 1, Declared: 10}, t0) // 10% of 10 declared
+	got := map[Handle]int{}
+	for range 14 {
+		h := tb.Pick(t0, nil)
+		if h == None {
+			t.Fatalf("refused with %v in flight of 14 declared: %v", got, tb.Candidates(t0))
 		}
-		if occ := tb.occupied[l/64]&(1<<(l%64)) != 0; occ != (len(b) > 0) {
-			t.Fatalf("bucket %d occupancy bit %v with %d members", l, occ, len(b))
-		}
+		got[h]++
+	}
+	if got[veteran] != 4 || got[fresh] != 10 {
+		t.Fatalf("14 concurrent calls went %d to the veteran and %d to the newcomer; want 4 and 10", got[veteran], got[fresh])
+	}
+	if h := tb.Pick(t0, nil); h != None {
+		t.Fatalf("picked %d beyond every declared capacity", h)
+	}
+	// Once the veteran frees a slot it is preferred again over spill.
+	tb.Release(veteran, Success, t0)
+	if h := tb.Pick(t0, nil); h != veteran {
+		t.Fatalf("with the veteran free, picked %d", h)
+	}
+	// The newcomer's first (ramped) call is preferred like anyone's.
+	tb2 := newTable(t, 22)
+	a := tb2.Add("a")
+	tb2.SetLoad(a, Load{Capacity: 1, Declared: 10}, t0)
+	if i, _ := tb2.Info(a, t0); i.Spill || !i.Candidate {
+		t.Fatalf("an idle newcomer is %+v, want a preferred candidate", i)
+	}
+	if tb2.Pick(t0, nil) != a {
+		t.Fatal("an idle newcomer was not picked")
+	}
+	if i, _ := tb2.Info(a, t0); !i.Spill || !i.Candidate {
+		t.Fatalf("a newcomer at its ramped capacity is %+v, want a spill candidate", i)
+	}
+	// A node's 429 means its declared capacity is in use.
+	tb2.Release(a, Full, t0)
+	if i, _ := tb2.Info(a, t0); i.Candidate {
+		t.Fatalf("after its 429 the newcomer is still a candidate: %+v", i)
+	}
+}
+
+// A node that says itself it is under the floor stays out when its floor
+// wait ends, without a consumer's call to find out again.
+func TestFloorWaitEndsOnlyWhenTheClaimRises(t *testing.T) {
+	tb := newTable(t, 23)
+	h := tb.Add("slow")
+	tb.SetLoad(h, Load{Capacity: 8, Declared: 8, TokPerSec: 3}, t0)
+	later := t0.Add(3 * DefaultConfig().FloorRetry)
+	if got := tb.Pick(later, nil); got != None {
+		t.Fatal("a node still claiming 3 tok/s was picked after its floor wait")
+	}
+	tb.SetLoad(h, Load{Capacity: 8, Declared: 8, TokPerSec: 30}, later)
+	if got := tb.Pick(later.Add(DefaultConfig().FloorRetry), nil); got != h {
+		t.Fatal("a node whose claim rose above the floor was not readmitted after its wait")
 	}
 }
 
