@@ -5,7 +5,7 @@ GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN := bin/tokenrouter
 export GOFLAGS ?= -mod=mod
 
-.PHONY: all build test fuzz demo bench vet fmt clean
+.PHONY: bench-sim all build test fuzz demo bench vet fmt clean
 
 all: build
 
@@ -45,6 +45,16 @@ demo: build
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./...
 	$(GO) run ./internal/pathbench -bin $(BIN) -md bin/bench-path.md
+	$(MAKE) bench-sim
+
+# Every simulation scenario at full length (CI runs the short forms), then
+# 1,000,000 nodes once; summaries land in bin/sim/, figures go in
+# docs/benchmarks.md and docs/simulations.md.
+bench-sim: build
+	for s in fairness floor breaker herd sybil bounty flapping rampup scale-100k; do \
+		./$(BIN) sim --scenario $$s --seed 1 --out bin/sim/$$s || exit 1; done
+	./$(BIN) sim --scenario scale-100k --seed 1 --out bin/sim/scale-1m \
+		--set nodes.gpu.count=900000 --set nodes.slow.count=50000 --set nodes.flaky.count=50000
 
 vet:
 	$(GO) vet ./...

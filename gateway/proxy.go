@@ -199,7 +199,8 @@ func isTimeout(err error) bool {
 
 func (e *attemptError) Error() string { return fmt.Sprintf("status %d: %v", e.status, e.err) }
 
-// run tries up to 1+MaxRetries instances, never the same node twice.
+// run tries up to 1+MaxRetries failing instances and up to MaxFullTries
+// full ones (route.MaxFullTries), never the same node twice.
 func (c *forwardCall) run() int {
 	g := c.g
 	// Every attempt's lease is done by the time run returns; this only
@@ -211,7 +212,8 @@ func (c *forwardCall) run() int {
 	}()
 	var tried []peer.ID
 	var last *attemptError
-	for attempt := 0; attempt <= g.cfg.MaxRetries && time.Now().Before(c.deadline); attempt++ {
+	fulls := 0
+	for attempt := 0; attempt <= g.cfg.MaxRetries && fulls < route.MaxFullTries && time.Now().Before(c.deadline); attempt++ {
 		node, lease, ok := g.view.Acquire(c.meta.Model, tried)
 		if !ok {
 			break
@@ -234,7 +236,10 @@ func (c *forwardCall) run() int {
 			return status
 		}
 		last = aerr
-		if !aerr.full {
+		if aerr.full {
+			fulls++
+			attempt-- // busy is not failing: it uses no retry
+		} else {
 			g.metrics.upstreamFailures.Inc()
 		}
 		g.log.Warn("attempt failed before the first byte; trying another instance",

@@ -57,6 +57,7 @@ A flag given on the command line wins over the environment, which wins over the 
 		newGatewayCmd(g),
 		newDevCmd(g),
 		newLedgerCmd(g),
+		newSimCmd(g),
 	)
 	return root
 }

@@ -56,6 +56,13 @@ func (c Config) Validate() error {
 
 const maxFailures = 8
 
+// MaxFullTries bounds how many instances answering 429 (full) one call
+// tries. A node's 429 is not a failure and does not use up the gateway's
+// retries: it answers 503 no_capacity only when every instance in its view
+// is full or parked (SPEC §3), and a stale view that thought a node had
+// room costs a round trip, not the consumer's call.
+const MaxFullTries = 16
+
 // Handle names an instance in a Table.
 type Handle int32
 
@@ -152,6 +159,11 @@ type Table struct {
 	sets   [2]bucketSet // preferred: spare within effective capacity; spill: only declared headroom left
 	band   int
 	timers timerHeap
+
+	// Calls in flight on every instance: per gossip (other gateways') and
+	// this gateway's own. When others hold most of them, this gateway is one
+	// of many routing on the same stale view (see Pick).
+	gossipSum, localSum int64
 }
 
 // The two candidate sets. Ramp-up shapes who is preferred, never whether a
@@ -234,6 +246,8 @@ func (t *Table) Remove(h Handle) {
 		return
 	}
 	t.unplace(h)
+	t.setGossip(in, 0)
+	t.localSum -= int64(in.local)
 	delete(t.byID, in.id)
 	in.live = false
 	in.timerGen++
@@ -263,7 +277,7 @@ func (t *Table) SetLoad(h Handle, l Load, now time.Time) {
 	}
 	in.capacity = max(l.Capacity, 0)
 	in.declared = max(l.Declared, in.capacity)
-	in.gossip = max(l.InFlight, 0)
+	t.setGossip(in, max(l.InFlight, 0))
 	in.claimed = max(l.TokPerSec, 0)
 	t.advance(now.UnixNano())
 	if in.state == Closed && in.samples == 0 && in.claimsBelow(t.cfg.FloorTokPerSec) {
@@ -289,6 +303,29 @@ func (t *Table) SetHealth(h Handle, score float64) {
 	t.place(h)
 }
 
+func (t *Table) setGossip(in *instance, n int) {
+	t.gossipSum += int64(n - in.gossip)
+	in.gossip = n
+}
+
+// Herding. When this gateway holds most of the calls in flight, its view is
+// nearly fresh and least-loaded is best. When other gateways hold most of
+// them (HerdShare or more), every gateway routes on the same second-old
+// picture: least-loaded would send them all to the same idlest instances,
+// filling them while others idle (the simulator's herd scenario: 8% of
+// calls refused at 60% load with 100 gateways). Then Pick takes the better
+// of two candidates drawn at random, which spreads a herd's calls.
+const (
+	HerdShare    = 0.75 // others' share of calls in flight that makes this gateway one of many (4 or more alike)
+	herdMinCalls = 8    // below this many calls in flight, no herd to speak of
+)
+
+// herd reports whether this gateway is one of many routing on gossip.
+func (t *Table) herd() bool {
+	total := t.gossipSum + t.localSum
+	return total >= herdMinCalls && float64(t.gossipSum) >= HerdShare*float64(total)
+}
+
 // Pick chooses an instance for one call and counts the call in flight on
 // it; Release must follow. exclude lists instances already tried for this
 // call. It returns None when no instance has spare capacity.
@@ -297,10 +334,16 @@ func (t *Table) Pick(now time.Time, exclude []Handle) Handle {
 	for _, h := range exclude {
 		t.unplace(h)
 	}
-	h := t.draw()
+	var h Handle
+	if t.herd() {
+		h = t.drawTwo()
+	} else {
+		h = t.draw()
+	}
 	if h != None {
 		in := &t.insts[h]
 		in.local++
+		t.localSum++
 		if in.state == HalfOpen {
 			in.state = Probing // the one probe
 		}
@@ -315,18 +358,36 @@ func (t *Table) Pick(now time.Time, exclude []Handle) Handle {
 // draw picks among the candidates in the best band of the preferred set,
 // or of the spill set when no instance has effective capacity to spare.
 func (t *Table) draw() Handle {
-	if h := t.drawFrom(&t.sets[preferred]); h != None {
+	if h := t.drawFrom(&t.sets[preferred], t.band); h != None {
 		return h
 	}
-	return t.drawFrom(&t.sets[spill])
+	return t.drawFrom(&t.sets[spill], t.band)
 }
 
-func (t *Table) drawFrom(s *bucketSet) Handle {
+// drawTwo draws two distinct preferred candidates at random (weighted by
+// health) and takes the one with more spare capacity.
+func (t *Table) drawTwo() Handle {
+	s := &t.sets[preferred]
+	a := t.drawFrom(s, t.cfg.Levels)
+	if a == None {
+		return t.drawFrom(&t.sets[spill], t.band)
+	}
+	t.unplace(a)
+	b := t.drawFrom(s, t.cfg.Levels)
+	t.place(a)
+	if b != None && t.insts[b].level > t.insts[a].level {
+		return b
+	}
+	return a
+}
+
+// drawFrom draws from the candidates within band levels of s's best.
+func (t *Table) drawFrom(s *bucketSet, band int) Handle {
 	best := s.highest()
 	if best < 0 {
 		return None
 	}
-	lo := max(best-t.band, 0)
+	lo := max(best-band, 0)
 	var total int64
 	for b := lo; b <= best; b++ {
 		total += s.sums[b]
@@ -365,7 +426,10 @@ func (t *Table) Release(h Handle, o Outcome, now time.Time) {
 	if in == nil {
 		return
 	}
-	in.local = max(in.local-1, 0)
+	if in.local > 0 {
+		in.local--
+		t.localSum--
+	}
 	ns := now.UnixNano()
 	t.advance(ns)
 	switch o {
@@ -376,7 +440,7 @@ func (t *Table) Release(h Handle, o Outcome, now time.Time) {
 	case Failure:
 		t.fail(h, ns)
 	case Full:
-		in.gossip = max(in.gossip, int(math.Ceil(in.declared))) // no spare until its next announcement
+		t.setGossip(in, max(in.gossip, int(math.Ceil(in.declared)))) // no spare until its next announcement
 		if in.state == Probing {
 			in.state = HalfOpen // the probe told us nothing: the next call probes
 		}

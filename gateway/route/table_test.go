@@ -472,6 +472,50 @@ func checkBuckets(t *testing.T, tb *Table) {
 	}
 }
 
+// A gateway that holds most calls in flight itself routes least-loaded; one
+// of many on the same gossip takes the better of two random candidates, so
+// a herd of gateways does not pile onto the idlest instance.
+func TestHerdModeSpreadsWhenOthersHoldTheCalls(t *testing.T) {
+	// n instances: one idle, the others with busy calls of other gateways
+	// in flight; then 10 picks, each released at once.
+	spreadOver := func(n, busy, local int) (instances int, idlePicked bool) {
+		tb := newTable(t, 31)
+		var hs []Handle
+		for i := range n {
+			h := tb.Add(fmt.Sprint(i))
+			b := busy
+			if i == 0 {
+				b = 0
+			}
+			tb.SetLoad(h, Load{Capacity: 64, Declared: 64, InFlight: b}, t0)
+			hs = append(hs, h)
+		}
+		for i := range local { // this gateway's own calls, on the busy ones
+			tb.insts[hs[1+i%(n-1)]].local++
+			tb.localSum++
+		}
+		for _, h := range hs {
+			tb.place(h)
+		}
+		got := map[Handle]bool{}
+		for range 10 {
+			h := tb.Pick(t0, nil)
+			got[h] = true
+			tb.Release(h, Success, t0)
+		}
+		return len(got), got[hs[0]]
+	}
+	if k, idle := spreadOver(20, 4, 0); k < 4 || !idle {
+		t.Errorf("one of many: 10 picks went to %d instances (idle one picked: %v); want them spread, the idle one among them", k, idle)
+	}
+	if k, idle := spreadOver(20, 4, 400); k != 1 || !idle {
+		t.Errorf("holding most calls itself: 10 picks went to %d instances; want only the idle one", k)
+	}
+	if k, idle := spreadOver(2, 7, 0); k != 1 || !idle {
+		t.Errorf("too few calls for a herd: 10 picks went to %d instances; want only the idle one", k)
+	}
+}
+
 // Ramp-up shapes who is preferred, never whether a call is served: a
 // ramping instance's declared headroom is used once every candidate is at
 // its ramped capacity, and only then.
