@@ -81,7 +81,7 @@ func (w *world) attempt(id int32) {
 	case !nd.online || nd.model != c.model:
 		// Dead (not yet removed) or it moved on: connection refused.
 		p.release(n, route.Failure, now)
-		w.nodeFailed(n, c.gw)
+		w.nodeFailed(n)
 		w.retryOrFail(id)
 		return
 	case nd.inFlight >= nd.declared:
@@ -235,7 +235,7 @@ func (w *world) callEnd(id int32, gen uint32) {
 		if !wasOpen && p.open(n, now) {
 			w.parked(n)
 		}
-		w.nodeFailed(n, c.gw)
+		w.nodeFailed(n)
 		c.node = -1
 		w.retryOrFail(id)
 	default:
@@ -251,7 +251,7 @@ func (w *world) callEnd(id int32, gen uint32) {
 	}
 }
 
-func (w *world) nodeFailed(n int32, _ int32) {
+func (w *world) nodeFailed(n int32) {
 	w.nodes[n].failures++
 	w.record(n, w.nodes[n].model, nodecore.EventFailure)
 }
@@ -485,7 +485,7 @@ func (w *world) down(n int32) {
 			w.freeCallSlot(id)
 		} else {
 			p.release(c.node, route.Failure, now)
-			w.nodeFailed(c.node, c.gw)
+			w.nodeFailed(c.node)
 			streaming := !c.fails && w.now >= c.began+nd.ttft
 			c.node = -1
 			if streaming { // broken mid-stream: the consumer sees the error

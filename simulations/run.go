@@ -49,7 +49,7 @@ type Target struct {
 // (same seed) and their metrics join the summary suffixed by the policy.
 func Run(sc *Scenario, opt Options) (*Summary, []Series, error) {
 	start := time.Now()
-	sum, series, w, err := runPolicy(sc, opt, PolicyTable)
+	sum, series, _, err := runPolicy(sc, opt, PolicyTable)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -69,7 +69,6 @@ func Run(sc *Scenario, opt Options) (*Summary, []Series, error) {
 			}
 		}
 	}
-	_ = w
 	sum.Targets = map[string]Target{}
 	for k, t := range sc.Targets {
 		name := strings.TrimPrefix(k, "metrics.")
@@ -101,10 +100,9 @@ func runPolicy(sc *Scenario, opt Options, policy string) (*Summary, []Series, *w
 		return nil, nil, nil, err
 	}
 	w.progress = opt.Progress
-	for name, r := range sc.Ratios {
+	for _, r := range sc.Ratios {
 		if r.Of == "share_when_idle" {
 			w.shareWhenIdle = &idleShare{num: w.groupIndex(r.Num), den: w.groupIndex(r.Den)}
-			_ = name
 		}
 	}
 	w.run()

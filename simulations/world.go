@@ -136,7 +136,8 @@ func newWorld(sc *Scenario, seed uint64, policy string) (*world, error) {
 	w.rNode = rand.New(rand.NewPCG(seed, 3))
 
 	w.rcfg = route.DefaultConfig()
-	if r := sc.Route; true {
+	{
+		r := sc.Route
 		if r.TieBand > 0 {
 			w.rcfg.TieBand = r.TieBand
 		}
