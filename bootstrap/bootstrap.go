@@ -1,7 +1,8 @@
 // Package bootstrap is the peer others dial first: it tells peers where
-// other peers are (/tokenrouter/discover/1), offers circuit relay v2 and
-// AutoNAT to peers behind NAT, and joins the gossip topics so that
-// announcements flow from the first moment two peers know it.
+// other peers are (/tokenrouter/discover/1, and as a server of the private
+// DHT), offers circuit relay v2 and AutoNAT to peers behind NAT, seeds
+// membership, and joins the gossip topics so that announcements flow from
+// the first moment two peers know it.
 package bootstrap
 
 import (
@@ -48,5 +49,12 @@ func HostConfig(dataDir string, listen, bootstrap []string) p2p.Config {
 		RelayService: true,
 		NATService:   true,
 		PeerExchange: true,
+		DHTServer:    true,
+		Membership:   true,
+		// Everyone dials a bootstrap peer at a published address: it is
+		// public by definition, and libp2p starts the relay service only
+		// on a host it believes public (AutoNAT alone would need another
+		// AutoNAT server to dial this one back).
+		Reachability: p2p.ReachabilityPublic,
 	}
 }

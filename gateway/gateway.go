@@ -175,6 +175,7 @@ func (g *Gateway) Run(ctx context.Context, ready func(httpAddr string)) error {
 	if err := g.view.watchConnections(ctx, g.cfg.Host, &wg); err != nil {
 		return fmt.Errorf("gateway: watch connections: %w", err)
 	}
+	g.view.followMembers(ctx, g.cfg.Host, &wg)
 	if err := g.refreshPrices(ctx); err != nil {
 		return err
 	}

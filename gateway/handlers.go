@@ -89,21 +89,22 @@ func (g *Gateway) models(w http.ResponseWriter, r *http.Request) {
 		Data   []modelEntry `json:"data"`
 	}{Object: "list", Data: []modelEntry{}}
 	now := time.Now().Unix()
-	for _, m := range g.view.Models() {
+	for _, m := range g.view.Listed() {
 		list.Data = append(list.Data, g.modelEntry(m, now))
 	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(list)
 }
 
-// model is GET /v1/models/{model}: one model with a live instance, or 404.
-// Model ids may hold slashes ("Qwen/Qwen2.5-7B-Instruct").
+// model is GET /v1/models/{model}: one model as GET /v1/models lists it,
+// or 404 when a call to it would get 404. Model ids may hold slashes
+// ("Qwen/Qwen2.5-7B-Instruct").
 func (g *Gateway) model(w http.ResponseWriter, r *http.Request) {
 	if _, ok := g.authorize(w, r); !ok {
 		return
 	}
 	id := engine.CanonicalModel(r.PathValue("model"))
-	for _, m := range g.view.Models() {
+	for _, m := range g.view.Listed() {
 		if m.ID == id {
 			w.Header().Set("Content-Type", "application/json")
 			json.NewEncoder(w).Encode(g.modelEntry(m, time.Now().Unix()))

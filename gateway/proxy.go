@@ -313,9 +313,12 @@ func (c *forwardCall) attempt(node peer.ID) (int, *attemptError) {
 	defer stopReset()
 	switch {
 	case h.Status == http.StatusTooManyRequests:
+		g.view.observeFull(c.lease) // a lie if the view gave it room (observe.go)
 		return 0, &attemptError{status: h.Status, full: true, err: errors.New("node at capacity")}
 	case h.Status >= 500 || h.NodeFault:
-		return 0, &attemptError{status: h.Status, err: errors.New(readErrorMessage(br))}
+		code, msg := readNodeError(br)
+		g.view.observeRefusal(c.lease, h.Status, code) // a lie if it cannot serve a model it announced
+		return 0, &attemptError{status: h.Status, err: errors.New(msg)}
 	case h.Status != http.StatusOK && (h.Status < 400 || h.Status > 499):
 		return 0, &attemptError{status: h.Status, err: fmt.Errorf("the node answered status %d", h.Status)}
 	case h.Status != http.StatusOK:
@@ -392,19 +395,6 @@ func (rl *relay) release() {
 		return
 	}
 	rl.s.Close()
-}
-
-// readErrorMessage pulls the message out of a node's error body frame.
-func readErrorMessage(br *bufio.Reader) string {
-	typ, payload, err := p2p.ReadFrame(br, nil, 1<<20)
-	if err != nil || typ != p2p.FrameData {
-		return "node failed"
-	}
-	var e openai.ErrorBody
-	if json.Unmarshal(payload, &e) == nil && e.Error.Message != "" {
-		return e.Error.Message
-	}
-	return "node failed"
 }
 
 // relay moves one successful answer from a node stream to the client.

@@ -77,7 +77,7 @@ func (v *View) reconcile(id peer.ID, now time.Time) bool {
 		}
 	case was:
 		delete(v.refused, id)
-		if e := v.nodes[id]; e != nil && now.Sub(e.seen) <= v.maxAge {
+		if e := v.nodes[id]; e != nil && v.fresh(e, now) {
 			for _, m := range e.ann.Models {
 				v.apply(id, m, &e.ann, now)
 			}

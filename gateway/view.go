@@ -37,12 +37,14 @@ type View struct {
 	tables map[string]*route.Table
 	nodes  map[peer.ID]*nodeEntry
 	health map[instanceKey]p2p.InstanceScore
+	obs    observations // lies this gateway saw nodes tell (observe.go)
 
 	// Refusals (twins.go): nodes whose peer id two hosts announce.
 	twins         *nodecore.TwinDetector
 	settleRefused map[peer.ID]p2p.Refusal // per the settlement peer's last report
 	settleAt      time.Time               // when that report came
 	refused       map[peer.ID]refusal     // refused now: out of every table
+	members       memberGate              // what membership said (members.go)
 }
 
 type instanceKey struct {
@@ -53,6 +55,7 @@ type instanceKey struct {
 type nodeEntry struct {
 	ann  p2p.Announcement
 	seen time.Time
+	down bool // its connection closed since ann: no capacity until its next announcement (Unreachable)
 }
 
 // NewView returns an empty view; announcements older than maxAge drop out.
@@ -116,22 +119,31 @@ func serves(a *p2p.Announcement, model string) bool {
 
 // apply pushes an instance's load and health into its table.
 func (v *View) apply(id peer.ID, m p2p.ModelLoad, a *p2p.Announcement, now time.Time) {
+	if v.members.blocks(id) {
+		return // dead or left per membership: out until it is alive (members.go)
+	}
 	t := v.table(m.Model)
 	h := t.Add(id.String())
 	ramp := v.rampStart
 	if s, ok := v.health[instanceKey{id, m.Model}]; ok {
 		ramp = s.Ramp
-		t.SetHealth(h, s.Score)
+	}
+	t.SetHealth(h, v.tieWeight(id, m.Model)) // health × trust (observe.go)
+	if e := v.nodes[id]; e != nil && e.down {
+		// Unreachable: a health report or a readmission re-applying its
+		// last announcement must not make a gone node a candidate again.
+		t.SetLoad(h, awayLoad(m, a), now)
+		return
 	}
 	// This gateway's share of the gossiped count is stale; Table adds its
 	// live count instead.
 	others := m.InFlight - m.InFlightBy[v.self]
-	t.SetLoad(h, route.Load{
+	t.SetLoad(h, v.capped(id, m.Model, route.Load{ // capped at what it served, if it refused room (observe.go)
 		Capacity:  nodecore.EffectiveCapacity(m.Capacity, ramp),
 		Declared:  float64(m.Capacity),
 		InFlight:  others,
 		TokPerSec: a.TokPerSec,
-	}, now)
+	}, now), now)
 }
 
 func (v *View) removeInstance(id peer.ID, model string) {
@@ -170,12 +182,19 @@ func (v *View) expire() {
 	defer v.mu.Unlock()
 	now := v.now()
 	for id, e := range v.nodes {
-		if now.Sub(e.seen) > v.maxAge {
+		if !v.fresh(e, now) {
 			v.forget(id)
 		}
 	}
 	v.twins.Sweep(now)
 	v.reconcileAll(now)
+}
+
+// fresh reports whether e's node is still to be heard from at now: within
+// maxAge, or twice its announced heartbeat (a node under a wide gossip
+// budget announces seldom; membership says when it is gone).
+func (v *View) fresh(e *nodeEntry, now time.Time) bool {
+	return now.Sub(e.seen) <= max(v.maxAge, 2*e.ann.Every()+time.Second)
 }
 
 // SetReport records the settlement peer's health scores and ramp-up.
@@ -209,12 +228,14 @@ func (v *View) SetReport(r *p2p.HealthReport) {
 	}
 }
 
-// HasModel reports whether any live instance serves model.
+// HasModel reports whether a call for model is routed, or refused only
+// for the moment (route.Table.Routable); GET /v1/models lists the same
+// models (Listed, listing.go).
 func (v *View) HasModel(model string) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	t := v.tables[model]
-	return t != nil && t.Len() > 0
+	return t != nil && t.Routable(v.now())
 }
 
 // Lease is one call's hold on an instance; Done must be called once.
@@ -345,6 +366,7 @@ func (v *View) Models() []ModelInfo {
 func (v *View) follow(ctx context.Context, h *p2p.Host, sub *pubsub.Subscription, platform string, log *slog.Logger) {
 	v.mu.Lock()
 	v.log = log
+	v.obs.scores = h.Scores // what it sees feeds GossipSub's scores too (observe.go)
 	v.mu.Unlock()
 	twins := make(chan struct{})
 	go func() { defer close(twins); v.watchTwins(ctx, h) }()
@@ -417,8 +439,8 @@ func (v *View) watchConnections(ctx context.Context, h *p2p.Host, wg *sync.WaitG
 	return nil
 }
 
-// Unreachable marks every instance of a node as having no capacity until
-// its next announcement.
+// Unreachable marks every instance of a node as away (no candidate; its
+// model stays listed, listing.go) until its next announcement.
 func (v *View) Unreachable(id peer.ID) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -426,11 +448,12 @@ func (v *View) Unreachable(id peer.ID) {
 	if e == nil {
 		return
 	}
+	e.down = true
 	now := v.now()
 	for _, m := range e.ann.Models {
 		if t := v.tables[m.Model]; t != nil {
 			if h, ok := t.Lookup(id.String()); ok {
-				t.SetLoad(h, route.Load{TokPerSec: e.ann.TokPerSec}, now)
+				t.SetLoad(h, awayLoad(m, &e.ann), now)
 			}
 		}
 	}

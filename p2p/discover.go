@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
 	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
 	ma "github.com/multiformats/go-multiaddr"
 )
@@ -30,6 +32,12 @@ type discoverReply struct {
 	Addrs []string `json:"addrs"`
 }
 
+// discoverConnectGrace is how long serveDiscover waits for the peer asked
+// about to be connected: a peer whose dial to this host has returned on its
+// side (and whose announcement a gateway may already have seen) can still
+// be finishing the handshake here for a few milliseconds.
+const discoverConnectGrace = 250 * time.Millisecond
+
 // serveDiscover answers "where is peer X?" with the addresses this host has
 // for X while it is connected to X (what identify told us).
 func (h *Host) serveDiscover(s network.Stream) {
@@ -42,7 +50,7 @@ func (h *Host) serveDiscover(s network.Stream) {
 		return
 	}
 	var reply discoverReply
-	if id, err := peer.Decode(string(payload)); err == nil && h.Network().Connectedness(id) == network.Connected {
+	if id, err := peer.Decode(string(payload)); err == nil && h.waitConnected(id, discoverConnectGrace) {
 		h.waitIdentified(id, 2*time.Second)
 		for _, a := range h.Peerstore().Addrs(id) {
 			reply.Addrs = append(reply.Addrs, a.String())
@@ -56,8 +64,8 @@ func (h *Host) serveDiscover(s network.Stream) {
 }
 
 // Find makes sure this host is connected to p: already connected, dialled
-// from known addresses, or dialled after asking the connected bootstrap
-// peers where p is.
+// from known addresses, dialled after asking the connected bootstrap peers
+// where p is, or else found in the DHT (see dht.go).
 func (h *Host) Find(ctx context.Context, p peer.ID) error {
 	if p == h.ID() {
 		return nil
@@ -90,6 +98,15 @@ func (h *Host) Find(ctx context.Context, p peer.ID) error {
 		if err == nil {
 			return nil
 		}
+		lastErr = err
+	}
+	err := h.findInDHT(ctx, p)
+	if err == nil {
+		return nil
+	}
+	// Keep a bootstrap peer's answer that could not be dialled over the
+	// DHT's "not found".
+	if !errors.Is(err, ErrPeerNotFound) || errors.Is(lastErr, ErrPeerNotFound) {
 		lastErr = err
 	}
 	return fmt.Errorf("find %s: %w", p, lastErr)
@@ -132,6 +149,36 @@ func (h *Host) askWhere(ctx context.Context, via, p peer.ID) ([]ma.Multiaddr, er
 		}
 	}
 	return out, nil
+}
+
+// waitConnected reports whether id is connected, waiting up to d for it.
+func (h *Host) waitConnected(id peer.ID, d time.Duration) bool {
+	if h.Network().Connectedness(id) == network.Connected {
+		return true
+	}
+	sub, err := h.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged), eventbus.Name("tokenrouter discover"))
+	if err != nil {
+		return false
+	}
+	defer sub.Close()
+	if h.Network().Connectedness(id) == network.Connected { // connected while subscribing
+		return true
+	}
+	timeout := time.NewTimer(d)
+	defer timeout.Stop()
+	for {
+		select {
+		case e, ok := <-sub.Out():
+			if !ok {
+				return false
+			}
+			if ev := e.(event.EvtPeerConnectednessChanged); ev.Peer == id && ev.Connectedness == network.Connected {
+				return true
+			}
+		case <-timeout.C:
+			return false
+		}
+	}
 }
 
 // waitIdentified waits (up to d) until identify has told this host where

@@ -9,6 +9,10 @@
 //	/tokenrouter/infer/1     gateway -> node: one inference call per stream (frames, see frame.go)
 //	/tokenrouter/settle/1    node, gateway -> settlement peer: one JSON request/response per stream
 //	/tokenrouter/discover/1  anyone -> anyone: the addresses a peer knows for another peer
+//	/tokenrouter/swim/packet/1, /tokenrouter/swim/stream/1
+//	                         membership: memberlist's SWIM packets and push/pull (membership.go)
+//	/tokenrouter/kad/1.0.0   a private Kademlia DHT, for peer routing only (dht.go)
+//	circuit relay v2, AutoNAT, DCUtR: libp2p's own, for peers behind NAT (nat.go)
 //
 // GossipSub topics:
 //

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p"
+	kaddht "github.com/libp2p/go-libp2p-kad-dht"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -40,6 +41,9 @@ type Config struct {
 	PeerExchange bool          // give pruned GossipSub peers other peers to connect to (bootstrap peers)
 	Logger       *slog.Logger  // nil = discard
 	RedialEvery  time.Duration // how often lost bootstrap connections are redialled
+	DHTServer    bool          // answer DHT queries for others (bootstrap peers); others run the DHT in auto mode (dht.go)
+	Reachability string        // "" = AutoNAT decides; "private" or "public" forces it (tests; nat.go)
+	Membership   bool          // run failure detection (membership.go), joining the bootstrap peers
 }
 
 // DefaultListen is where a role listens when no --listen is given: every
@@ -50,6 +54,9 @@ var DefaultListen = []string{"/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"}
 func (c *Config) Validate() error {
 	if c.DataDir == "" {
 		return errors.New("p2p: a data directory is required")
+	}
+	if err := checkReachability(c.Reachability); err != nil {
+		return err
 	}
 	for _, s := range append(append([]string{}, c.Listen...), c.Bootstrap...) {
 		if _, err := ma.NewMultiaddr(s); err != nil {
@@ -67,12 +74,15 @@ func (c *Config) Validate() error {
 // Host is a libp2p host with GossipSub and Token-Router's discovery.
 type Host struct {
 	host.Host
-	PubSub *pubsub.PubSub
-	Key    crypto.PrivKey
+	PubSub  *pubsub.PubSub
+	Key     crypto.PrivKey
+	Members *Membership // failure detection; nil unless Config.Membership
+	Scores  *AppScores  // GossipSub's application scores: what this host's gateway saw peers do (score.go)
 
 	cfg       Config
 	log       *slog.Logger
 	bootstrap []peer.AddrInfo
+	dht       *kaddht.IpfsDHT // peer routing beyond the bootstrap peers (dht.go)
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 
@@ -137,15 +147,15 @@ func NewHost(ctx context.Context, cfg Config) (*Host, error) {
 		// Several hosts may live in one process (dev, tests): keep libp2p's
 		// collectors off the global Prometheus registry.
 		libp2p.DisableMetrics(),
-		libp2p.EnableHolePunching(),
 	}
+	opts = append(opts, natOptions(cfg, key, log)...)
 	rm, err := resourceManager()
 	if err != nil {
 		return nil, err
 	}
 	opts = append(opts, libp2p.ResourceManager(rm))
 	if cfg.RelayService {
-		opts = append(opts, libp2p.EnableRelayService())
+		opts = append(opts, libp2p.EnableRelayService(relayServiceOptions()...))
 	}
 	if cfg.NATService {
 		opts = append(opts, libp2p.EnableNATService())
@@ -155,16 +165,17 @@ func NewHost(ctx context.Context, cfg Config) (*Host, error) {
 		return nil, fmt.Errorf("p2p: start host: %w", err)
 	}
 	bctx, cancel := context.WithCancel(context.Background())
-	ps, err := pubsub.NewGossipSub(bctx, h,
+	scores := hostScores(cfg)
+	ps, err := pubsub.NewGossipSub(bctx, h, append(scores.Options(),
 		pubsub.WithPeerExchange(cfg.PeerExchange),
 		pubsub.WithMaxMessageSize(MaxGossipMessage),
-	)
+	)...)
 	if err != nil {
 		cancel()
 		h.Close()
 		return nil, fmt.Errorf("p2p: start gossipsub: %w", err)
 	}
-	hh := &Host{Host: h, PubSub: ps, Key: key, cfg: cfg, log: log, cancel: cancel, idString: h.ID().String()}
+	hh := &Host{Host: h, PubSub: ps, Scores: scores, Key: key, cfg: cfg, log: log, cancel: cancel, idString: h.ID().String()}
 	for _, s := range cfg.Bootstrap {
 		ai, _ := peer.AddrInfoFromString(s)
 		if ai.ID == h.ID() {
@@ -173,6 +184,11 @@ func NewHost(ctx context.Context, cfg Config) (*Host, error) {
 		hh.bootstrap = append(hh.bootstrap, *ai)
 	}
 	h.SetStreamHandler(ProtoDiscover, hh.serveDiscover)
+	hh.watchNAT(bctx)
+	if err := hh.startDHT(bctx); err != nil {
+		hh.Close()
+		return nil, err
+	}
 	if err := hh.writeIdentityFiles(); err != nil {
 		hh.Close()
 		return nil, err
@@ -180,6 +196,12 @@ func NewHost(ctx context.Context, cfg Config) (*Host, error) {
 	hh.connectBootstrap(ctx)
 	hh.wg.Add(1)
 	go hh.keepBootstrap(bctx)
+	if cfg.Membership {
+		if err := hh.startMembership(bctx); err != nil {
+			hh.Close()
+			return nil, err
+		}
+	}
 	log.Info("p2p host up", "peer", h.ID().String(), "addrs", hh.FullAddrs())
 	return hh, nil
 }
@@ -198,8 +220,11 @@ func resourceManager() (network.ResourceManager, error) {
 	return rm, nil
 }
 
-// Close stops background work and the host.
+// Close leaves the membership, then stops background work and the host.
 func (h *Host) Close() error {
+	if h.Members != nil {
+		h.Members.Close()
+	}
 	h.cancel()
 	err := h.Host.Close()
 	h.wg.Wait()

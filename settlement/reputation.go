@@ -77,6 +77,19 @@ type repInstance struct {
 	SwitchedAt time.Time              `json:"switched_at,omitzero"` // the node took this model up after serving others
 	Capacity   int                    `json:"-"`                    // per its last announcement
 	InFlight   int                    `json:"-"`
+	Every      time.Duration          `json:"-"` // its announced heartbeat (p2p.Announcement.Every)
+}
+
+// onlineGap is the longest silence of in that still counts as online: a
+// node under a wide gossip budget announces seldom, and is not offline
+// between its heartbeats.
+func (r *Reputation) onlineGap(in *repInstance) time.Duration {
+	return max(r.cfg.OnlineGap, 2*in.Every+time.Second)
+}
+
+// live reports whether in announced recently enough to be live at now.
+func (r *Reputation) live(in *repInstance, now time.Time) bool {
+	return now.Sub(in.LastSeen) <= max(r.cfg.LiveFor, 3*in.Every)
 }
 
 // NewReputation returns an empty reputation.
@@ -114,11 +127,11 @@ func (r *Reputation) Announced(a *p2p.Announcement, now time.Time) (fresh bool) 
 		if switched[i] {
 			in.SwitchedAt = now // a model switch: its payouts are cut for a while
 		}
-		if gap := now.Sub(in.LastSeen); !isNew && gap > 0 && gap <= r.cfg.OnlineGap {
+		if gap := now.Sub(in.LastSeen); !isNew && gap > 0 && gap <= r.onlineGap(in) {
 			in.Window.AddOnline(r.cfg.Health, now, gap)
 		}
 		in.LastSeen = now
-		in.Capacity, in.InFlight = m.Capacity, m.InFlight
+		in.Capacity, in.InFlight, in.Every = m.Capacity, m.InFlight, a.Every()
 	}
 	return fresh
 }
@@ -130,14 +143,14 @@ func (r *Reputation) Announced(a *p2p.Announcement, now time.Time) (fresh bool) 
 // and one coming back with the model it last served, are not switches.
 func (r *Reputation) takesUp(node, model string, now time.Time) bool {
 	var this, other time.Time
+	servingThis := false
 	for _, in := range r.nodes[node] {
 		if in.Model == model {
-			this = in.LastSeen
+			this, servingThis = in.LastSeen, r.live(in, now)
 		} else if in.LastSeen.After(other) {
 			other = in.LastSeen
 		}
 	}
-	servingThis := !this.IsZero() && now.Sub(this) <= r.cfg.LiveFor
 	return len(r.nodes[node]) > 0 && !servingThis && (this.IsZero() || other.After(this))
 }
 
@@ -184,7 +197,7 @@ func (r *Reputation) Supply(now time.Time) map[string]ModelSupply {
 	defer r.mu.Unlock()
 	out := map[string]ModelSupply{}
 	for _, in := range r.instances {
-		if now.Sub(in.LastSeen) > r.cfg.LiveFor {
+		if !r.live(in, now) {
 			continue
 		}
 		ms := out[in.Model]
@@ -218,7 +231,7 @@ func (r *Reputation) Scores(now time.Time) []p2p.InstanceScore {
 	defer r.mu.Unlock()
 	out := make([]p2p.InstanceScore, 0, len(r.instances))
 	for _, in := range r.instances {
-		if now.Sub(in.LastSeen) > r.cfg.LiveFor {
+		if !r.live(in, now) {
 			continue
 		}
 		out = append(out, p2p.InstanceScore{

@@ -525,3 +525,34 @@ func TestHealthReportsSplit(t *testing.T) {
 		}
 	}
 }
+
+// TestAnnouncedUnderAWideBudget: a node of a large network announces
+// seldom (its gossip budget's heartbeat, Announcement.EveryMs); it is online
+// and live between heartbeats, and offline once it misses them.
+func TestAnnouncedUnderAWideBudget(t *testing.T) {
+	cfg := DefaultReputationConfig()
+	r := NewReputation(cfg)
+	every := 40 * time.Second
+	a := announce("n", "m")
+	a.EveryMs = every.Milliseconds()
+	at := repT0
+	for range 4 {
+		r.Announced(a, at)
+		at = at.Add(every)
+	}
+	at = at.Add(-every) // the last announcement
+	if _, on := repTotals(t, r, "n", "m", at); on != 3*every {
+		t.Fatalf("online %v across heartbeats %v apart, want %v", on, every, 3*every)
+	}
+	if got := r.Scores(at.Add(2 * every)); len(got) != 1 {
+		t.Fatalf("two heartbeats after its last: %d live, want 1", len(got))
+	}
+	if got := r.Scores(at.Add(3*every + time.Millisecond)); len(got) != 0 {
+		t.Fatalf("three heartbeats after its last: %+v still live", got)
+	}
+	// Silent past two heartbeats and a second: that span is offline.
+	r.Announced(a, at.Add(2*every+time.Second+time.Millisecond))
+	if _, on := repTotals(t, r, "n", "m", at.Add(3*every)); on != 3*every {
+		t.Fatalf("online %v after a silence of two heartbeats, want %v", on, 3*every)
+	}
+}

@@ -203,66 +203,70 @@ func ParseDuration(s string) (time.Duration, error) {
 	return days + v, nil
 }
 
-// Names lists the built-in scenarios.
-func Names() []string {
+// EngineMesh is the `engine:` of a scenario that package simulations/mesh
+// runs on real libp2p hosts (mesh-1000) instead of this package's
+// discrete-event Run.
+const EngineMesh = "mesh"
+
+// Names lists the built-in discrete-event scenarios (NamesOf(EngineMesh)
+// lists the others).
+func Names() []string { return NamesOf("") }
+
+// NamesOf lists the built-in scenarios whose file says `engine: engine`
+// ("" = this package's discrete-event engine).
+func NamesOf(engine string) []string {
 	ents, _ := builtin.ReadDir("scenarios")
 	var out []string
 	for _, e := range ents {
-		out = append(out, strings.TrimSuffix(e.Name(), ".yaml"))
+		name := strings.TrimSuffix(e.Name(), ".yaml")
+		if got, err := EngineOf(name); err == nil && got == engine {
+			out = append(out, name)
+		}
 	}
 	sort.Strings(out)
 	return out
+}
+
+// EngineOf is the `engine:` a scenario file names ("" = discrete-event).
+func EngineOf(nameOrFile string) (string, error) {
+	data, err := source(nameOrFile)
+	if err != nil {
+		return "", err
+	}
+	var e struct {
+		Engine string `yaml:"engine"`
+	}
+	if err := yaml.Unmarshal(data, &e); err != nil {
+		return "", fmt.Errorf("scenario %s: %w", nameOrFile, err)
+	}
+	return e.Engine, nil
+}
+
+func source(nameOrFile string) ([]byte, error) {
+	if strings.ContainsAny(nameOrFile, "/.") {
+		return os.ReadFile(nameOrFile)
+	}
+	data, err := builtin.ReadFile(filepath.Join("scenarios", nameOrFile+".yaml"))
+	if err != nil {
+		all := append(Names(), NamesOf(EngineMesh)...)
+		return nil, fmt.Errorf("%w %q (built in: %s)", ErrUnknownScenario, nameOrFile, strings.Join(all, ", "))
+	}
+	return data, nil
 }
 
 // Load reads a built-in scenario by name or a scenario file by path, with
 // the overrides sets ("path=value") applied; short applies the file's own
 // short form first (what CI runs).
 func Load(nameOrFile string, short bool, sets []string) (*Scenario, error) {
-	var data []byte
-	var err error
-	if strings.ContainsAny(nameOrFile, "/.") {
-		data, err = os.ReadFile(nameOrFile)
-	} else {
-		data, err = builtin.ReadFile(filepath.Join("scenarios", nameOrFile+".yaml"))
-		if err != nil {
-			return nil, fmt.Errorf("%w %q (built in: %s)", ErrUnknownScenario, nameOrFile, strings.Join(Names(), ", "))
-		}
-	}
+	text, err := Document(nameOrFile, short, sets)
 	if err != nil {
 		return nil, err
 	}
-	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, fmt.Errorf("scenario %s: %w", nameOrFile, err)
-	}
-	if root.Kind != yaml.DocumentNode || len(root.Content) != 1 || root.Content[0].Kind != yaml.MappingNode {
-		return nil, fmt.Errorf("scenario %s: want a mapping at the top", nameOrFile)
-	}
-	doc := root.Content[0]
-	if short {
-		var s struct {
-			Short yaml.Node `yaml:"short"`
-		}
-		if err := root.Decode(&s); err != nil {
-			return nil, fmt.Errorf("scenario %s: short: %w", nameOrFile, err)
-		}
-		for i := 0; i+1 < len(s.Short.Content); i += 2 {
-			if err := set(doc, s.Short.Content[i].Value, s.Short.Content[i+1].Value); err != nil {
-				return nil, fmt.Errorf("scenario %s: short: %w", nameOrFile, err)
-			}
-		}
-	}
-	for _, kv := range sets {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			return nil, fmt.Errorf("%w: --set %q: want path=value", ErrBadParam, kv)
-		}
-		if err := set(doc, strings.TrimSpace(k), strings.TrimSpace(v)); err != nil {
-			return nil, err
-		}
+	if engine, err := EngineOf(nameOrFile); err != nil || engine != "" {
+		return nil, fmt.Errorf("%w: scenario %s runs on engine %q", ErrOtherEngine, nameOrFile, engine)
 	}
 	var sc Scenario
-	dec := yaml.NewDecoder(strings.NewReader(mustEncode(&root)))
+	dec := yaml.NewDecoder(strings.NewReader(text))
 	dec.KnownFields(true)
 	if err := dec.Decode(&sc); err != nil {
 		return nil, fmt.Errorf("scenario %s: %w", nameOrFile, err)
@@ -272,6 +276,48 @@ func Load(nameOrFile string, short bool, sets []string) (*Scenario, error) {
 		return nil, fmt.Errorf("scenario %s: %w", nameOrFile, err)
 	}
 	return &sc, nil
+}
+
+// Document reads a built-in scenario by name or a scenario file by path
+// and returns its YAML with the file's short form (when short) and then
+// the overrides sets ("path=value") applied, for Load or another engine's
+// loader to decode.
+func Document(nameOrFile string, short bool, sets []string) (string, error) {
+	data, err := source(nameOrFile)
+	if err != nil {
+		return "", err
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return "", fmt.Errorf("scenario %s: %w", nameOrFile, err)
+	}
+	if root.Kind != yaml.DocumentNode || len(root.Content) != 1 || root.Content[0].Kind != yaml.MappingNode {
+		return "", fmt.Errorf("scenario %s: want a mapping at the top", nameOrFile)
+	}
+	doc := root.Content[0]
+	if short {
+		var s struct {
+			Short yaml.Node `yaml:"short"`
+		}
+		if err := root.Decode(&s); err != nil {
+			return "", fmt.Errorf("scenario %s: short: %w", nameOrFile, err)
+		}
+		for i := 0; i+1 < len(s.Short.Content); i += 2 {
+			if err := set(doc, s.Short.Content[i].Value, s.Short.Content[i+1].Value); err != nil {
+				return "", fmt.Errorf("scenario %s: short: %w", nameOrFile, err)
+			}
+		}
+	}
+	for _, kv := range sets {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return "", fmt.Errorf("%w: --set %q: want path=value", ErrBadParam, kv)
+		}
+		if err := set(doc, strings.TrimSpace(k), strings.TrimSpace(v)); err != nil {
+			return "", err
+		}
+	}
+	return mustEncode(&root), nil
 }
 
 func mustEncode(n *yaml.Node) string {
@@ -286,6 +332,7 @@ func mustEncode(n *yaml.Node) string {
 var (
 	ErrUnknownScenario = errors.New("sim: no scenario")
 	ErrBadParam        = errors.New("sim: bad parameter")
+	ErrOtherEngine     = errors.New("sim: not a discrete-event scenario")
 )
 
 // set writes value at path ("consumers.rate", "nodes.0.count" or

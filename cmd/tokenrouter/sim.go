@@ -12,7 +12,7 @@ import (
 	"github.com/tokenrouter/tokenrouter/simulations"
 )
 
-func newSimCmd(_ *globals) *cobra.Command {
+func newSimCmd(g *globals) *cobra.Command {
 	var (
 		scenario, out, sweep string
 		seed                 uint64
@@ -49,10 +49,16 @@ bar shows on a terminal.`,
 					}
 					fmt.Fprintf(w, "%-12s %s\n", n, sc.Question)
 				}
-				return nil
+				return listMesh(w)
 			}
 			if scenario == "" || out == "" {
-				return fmt.Errorf("--scenario and --out are required (built-in scenarios: %s)", strings.Join(simulations.Names(), ", "))
+				return fmt.Errorf("--scenario and --out are required (built-in scenarios: %s)", strings.Join(append(simulations.Names(), simulations.NamesOf(simulations.EngineMesh)...), ", "))
+			}
+			if engine, err := simulations.EngineOf(scenario); err == nil && engine == simulations.EngineMesh {
+				if sweep != "" {
+					return fmt.Errorf("--sweep: %s runs real libp2p hosts; run it once per value with --set", scenario)
+				}
+				return runMesh(g, cmd.ErrOrStderr(), w, scenario, short, sets, seed, out)
 			}
 			if sweep == "" {
 				return runSim(cmd.ErrOrStderr(), w, scenario, short, sets, seed, out)
@@ -108,14 +114,21 @@ func runSim(errw, w io.Writer, scenario string, short bool, sets []string, seed 
 	}
 	fmt.Fprintf(w, "%s (seed %d): %d nodes, %d requests, %.1f simulated hours in %.2f s; peak RSS %d MiB\n",
 		sum.Scenario, sum.Seed, sum.Nodes, sum.Requests, sum.SimSeconds/3600, sum.WallSeconds, sum.PeakRSSBytes>>20)
-	keys := make([]string, 0, len(sum.Targets))
-	for k := range sum.Targets {
+	printTargets(w, sum.Targets, out)
+	return nil
+}
+
+// printTargets lists each target of a run, met or missed, and where the
+// run was written.
+func printTargets(w io.Writer, targets map[string]simulations.Target, out string) {
+	keys := make([]string, 0, len(targets))
+	for k := range targets {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	missed := 0
 	for _, k := range keys {
-		t := sum.Targets[k]
+		t := targets[k]
 		mark := "met"
 		if !t.Met {
 			mark, missed = "MISSED", missed+1
@@ -126,7 +139,6 @@ func runSim(errw, w io.Writer, scenario string, short bool, sets []string, seed 
 		fmt.Fprintf(w, "  %d target(s) missed: a finding, not an error (see docs/simulations.md)\n", missed)
 	}
 	fmt.Fprintf(w, "written to %s\n", out)
-	return nil
 }
 
 func simAndWrite(errw io.Writer, sc *simulations.Scenario, seed uint64, out string, sets []string) (*simulations.Summary, []simulations.Series, error) {

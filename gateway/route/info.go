@@ -9,6 +9,8 @@ type Info struct {
 	State     string  `json:"state"`   // closed, parked, half-open, probing, below-floor
 	Breaker   string  `json:"breaker"` // closed, open, half-open
 	Candidate bool    `json:"candidate"`
+	Routable  bool    `json:"routable"`    // a candidate, or merely full, parked or away: its model is listed (Table.Routable)
+	Away      bool    `json:"unreachable"` // cannot be reached now (Load.Away)
 	Spare     float64 `json:"spare_capacity"`
 	Capacity  float64 `json:"effective_capacity"`
 	Declared  float64 `json:"-"`                 // declared capacity (the gateway shows the announced one)
@@ -30,7 +32,7 @@ func (t *Table) Info(h Handle, now time.Time) (Info, bool) {
 	}
 	i := Info{
 		ID: in.id, State: in.state.String(), Breaker: in.state.Breaker(),
-		Candidate: in.level >= 0, Spare: in.spare(), Capacity: in.capacity,
+		Candidate: in.level >= 0, Routable: in.routable(), Away: in.away, Spare: in.spare(), Capacity: in.capacity,
 		Declared: in.declared, Spill: in.level >= 0 && in.set == spill,
 		InFlight: in.gossip, Local: in.local, TokPerSec: in.claimed,
 		Weight: float64(in.weight) / MaxWeight,

@@ -146,6 +146,7 @@ type instance struct {
 	rate     float64 // measured tok/s (moving average)
 	samples  int
 	claimed  float64 // the node's own rate claim
+	away     bool    // cannot be reached now (Load.Away)
 }
 
 // Table holds the instances of one model. It is not safe for concurrent
@@ -267,6 +268,11 @@ type Load struct {
 	Declared  float64 // declared capacity; below Capacity counts as Capacity
 	InFlight  int     // calls in flight, less this gateway's own
 	TokPerSec float64 // the node's own rate claim (0 = not measured)
+	// Away: the node cannot be reached now (its connection closed, or
+	// membership suspects it) but is not known gone. It is no candidate
+	// until a load without Away, yet keeps its model routable (Routable):
+	// a call then gets 503 no_capacity, retry shortly, not 404.
+	Away bool
 }
 
 // SetLoad records an instance's announced load.
@@ -279,6 +285,7 @@ func (t *Table) SetLoad(h Handle, l Load, now time.Time) {
 	in.declared = max(l.Declared, in.capacity)
 	t.setGossip(in, max(l.InFlight, 0))
 	in.claimed = max(l.TokPerSec, 0)
+	in.away = l.Away
 	t.advance(now.UnixNano())
 	if in.state == Closed && in.samples == 0 && in.claimsBelow(t.cfg.FloorTokPerSec) {
 		// The node says itself it is under the floor.
@@ -549,7 +556,7 @@ func spareOf(capacity float64, inFlight int) float64 {
 func (t *Table) place(h Handle) {
 	in := &t.insts[h]
 	want, set := int32(-1), uint8(preferred)
-	if in.live && (in.state == Closed || in.state == HalfOpen) {
+	if in.live && !in.away && (in.state == Closed || in.state == HalfOpen) {
 		if s := in.spare(); s > 0 {
 			want = t.level(s)
 		} else if s := in.headroom(); s > 0 {

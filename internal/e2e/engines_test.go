@@ -83,13 +83,16 @@ func TestEveryEngineFlavorThroughTheGateway(t *testing.T) {
 
 	// Engines that fail mid-stream, each in its own way: the client gets
 	// what was generated, then one error.
+	// Their nodes live as long as the whole test: a node stopped at the end
+	// of its subtest leaves membership at once, and the instance count
+	// below would shrink.
 	for _, f := range []enginetest.Flavor{enginetest.VLLM, enginetest.Cloud, enginetest.LlamaCpp} {
+		model := "broken-" + strings.ReplaceAll(string(f), ".", "")
+		e := enginetest.Start(enginetest.Config{Flavor: f, Models: []string{model}, FailAfter: 2})
+		t.Cleanup(e.Close)
+		instances++
+		addNode(t, m, e.URL, instances)
 		t.Run(string(f)+" failing mid-stream", func(t *testing.T) {
-			model := "broken-" + strings.ReplaceAll(string(f), ".", "")
-			e := enginetest.Start(enginetest.Config{Flavor: f, Models: []string{model}, FailAfter: 2})
-			t.Cleanup(e.Close)
-			instances++
-			addNode(t, m, e.URL, instances)
 			s := c.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{
 				Model: model, MaxTokens: openai.Int(16),
 				Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("say hello")},

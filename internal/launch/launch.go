@@ -136,7 +136,7 @@ func Settle(ctx context.Context, o SettleOptions) error {
 	cfg.PriceHistory = filepath.Join(o.Data, "price-history.json")
 	cfg.HTTPAddr = o.HTTP
 	cfg.Logger = log
-	h, err := o.host(ctx, p2p.Config{})
+	h, err := o.host(ctx, p2p.Config{Membership: true})
 	if err != nil {
 		return err
 	}
@@ -210,7 +210,7 @@ func Node(ctx context.Context, o NodeOptions) error {
 		}
 		up.Token = string(bytes.TrimSpace(tok))
 	}
-	h, err := o.host(ctx, p2p.Config{})
+	h, err := o.host(ctx, p2p.Config{Membership: true})
 	if err != nil {
 		return err
 	}
@@ -270,7 +270,7 @@ func Gateway(ctx context.Context, o GatewayOptions) error {
 	if err != nil {
 		return err
 	}
-	h, err := o.host(ctx, p2p.Config{})
+	h, err := o.host(ctx, p2p.Config{Membership: true})
 	if err != nil {
 		return err
 	}

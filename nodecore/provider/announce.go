@@ -9,33 +9,53 @@ import (
 	"github.com/tokenrouter/tokenrouter/p2p"
 )
 
-// announceLoop publishes the node's load on change (at most every
-// cfg.Announce) and at least every cfg.Heartbeat.
+// announceLoop publishes the node's load on change and at least every
+// heartbeat, within the gossip budget (nodecore.GossipBudget): as the
+// network grows, announcements space out so the load topic costs each
+// gateway a bounded number of bytes a second.
 func (n *Node) announceLoop(ctx context.Context) {
 	refusals := make(chan struct{})
 	go func() { defer close(refusals); n.watchRefusals(ctx) }()
 	defer func() { <-refusals }()
-	n.publish(ctx)
-	last := time.Now()
-	heartbeat := time.NewTicker(n.cfg.Heartbeat)
-	defer heartbeat.Stop()
+	var p pacer
+	pace, heartbeat := n.announceEvery()
+	n.publish(ctx, heartbeat)
+	p.sent(time.Now(), pace)
+	timer := time.NewTimer(heartbeat)
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-heartbeat.C:
+		case <-timer.C:
 		case <-n.changed:
-			if wait := n.cfg.Announce - time.Since(last); wait > 0 {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(wait):
-				}
+			timer.Stop()
+		}
+		pace, heartbeat = n.announceEvery()
+		if wait := p.wait(time.Now(), n.cfg.Announce, pace); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
 			}
 		}
-		n.publish(ctx)
-		last = time.Now()
+		n.publish(ctx, heartbeat)
+		p.sent(time.Now(), pace)
+		timer.Reset(heartbeat)
 	}
+}
+
+// announceEvery is the average spacing the gossip budget allows this node
+// now (pace) and the longest it stays silent (heartbeat, announced).
+func (n *Node) announceEvery() (pace, heartbeat time.Duration) {
+	members := 1
+	if n.cfg.Members != nil {
+		members = n.cfg.Members()
+	} else if m := n.cfg.Host.Members; m != nil {
+		members = m.NumMembers()
+	}
+	pace = max(n.cfg.Announce, n.cfg.Gossip.Interval(members))
+	return pace, max(n.cfg.Heartbeat, pace)
 }
 
 // Announcement is the node's current announcement (without a sequence number).
@@ -69,8 +89,9 @@ func (n *Node) Announcement() p2p.Announcement {
 	return a
 }
 
-func (n *Node) publish(ctx context.Context) {
+func (n *Node) publish(ctx context.Context, every time.Duration) {
 	a := n.Announcement()
+	a.EveryMs = every.Milliseconds()
 	n.mu.Lock()
 	n.seq++
 	a.Seq = n.seq

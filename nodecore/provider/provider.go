@@ -18,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/tokenrouter/tokenrouter/internal/journal"
+	"github.com/tokenrouter/tokenrouter/nodecore"
 	"github.com/tokenrouter/tokenrouter/nodecore/engine"
 	"github.com/tokenrouter/tokenrouter/p2p"
 )
@@ -39,12 +40,18 @@ type Config struct {
 	// MaxInFlight caps the calls in flight across all models (0 = no cap
 	// beyond each model's capacity): for an upstream whose limit is the
 	// whole engine's, such as a cloud API key's concurrency.
-	MaxInFlight  int
-	Synthetic    bool          // the upstream is the synthetic engine (shown in announcements)
-	Hardware     string        // shown in announcements; "" = a CPU description
-	Logger       *slog.Logger  // nil = discard
-	Announce     time.Duration // minimum gap between announcements on change
-	Heartbeat    time.Duration // an announcement at least this often even without change
+	MaxInFlight int
+	Synthetic   bool          // the upstream is the synthetic engine (shown in announcements)
+	Hardware    string        // shown in announcements; "" = a CPU description
+	Logger      *slog.Logger  // nil = discard
+	Announce    time.Duration // minimum gap between announcements on change
+	Heartbeat   time.Duration // an announcement at least this often even without change, unless Gossip asks for less
+	// Gossip spaces announcements as the network grows, so the load topic
+	// costs each gateway a bounded number of bytes a second (see
+	// nodecore.GossipBudget); Members counts the announcers it divides
+	// that among (nil = the host's membership, or 1 without one).
+	Gossip       nodecore.GossipBudget
+	Members      func() int
 	MaxBody      int64         // largest upstream response body read for a non-streamed call
 	MaxRequest   int64         // largest request body a gateway may send
 	WriteTimeout time.Duration // a gateway that reads nothing for this long loses the stream
@@ -76,9 +83,10 @@ type Config struct {
 // DefaultConfig returns the defaults; Host, Upstream and Platform must be set.
 func DefaultConfig() Config {
 	return Config{
-		Capacity:     8,                      // a modest GPU batch; operators raise it with --capacity
-		Announce:     time.Second,            // SPEC: at most every second
-		Heartbeat:    3 * time.Second,        // well inside the 10 s freshness window validators apply
+		Capacity:     8,               // a modest GPU batch; operators raise it with --capacity
+		Announce:     time.Second,     // SPEC: at most every second
+		Heartbeat:    3 * time.Second, // well inside the 10 s freshness window validators apply
+		Gossip:       nodecore.DefaultGossipBudget(),
 		MaxBody:      32 << 20,               // embeddings of long inputs stay well below this
 		MaxRequest:   8 << 20,                // the gateway's own limit
 		WriteTimeout: 30 * time.Second,       // far above any healthy client's pause
@@ -104,6 +112,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("provider: max in flight must be 0 (no cap) or more, got %d", c.MaxInFlight)
 	case c.Announce < 100*time.Millisecond || c.Heartbeat < c.Announce:
 		return errors.New("provider: announce interval must be >= 100ms and heartbeat >= announce")
+	case c.Gossip.Validate() != nil:
+		return c.Gossip.Validate()
 	case c.MaxBody <= 0 || c.MaxRequest <= 0 || c.WriteTimeout <= 0:
 		return errors.New("provider: body limits and write timeout must be positive")
 	case c.StreamLinger < 0 || c.StreamLinger > 100*time.Millisecond:
