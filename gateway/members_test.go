@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/tokenrouter/tokenrouter/gateway/route"
 	"github.com/tokenrouter/tokenrouter/internal/testkit"
@@ -151,4 +152,40 @@ func TestMembershipTakesACrashedNodeOutOfTheView(t *testing.T) {
 	}
 	waitUntil(t, 20*time.Second, "the restarted node alive at the gateway", func() bool { return gw.Members.State(id) == p2p.MemberAlive })
 	waitUntil(t, 2*time.Second, "the restarted node a candidate", func() bool { return candidate(v, id) })
+}
+
+// TestClosedConnectionToALiveNode: the connection manager (or a flaky
+// link) closes the gateway's connection to a node that is alive. The node
+// is out of the candidates at once, as a killed one would be, and back as
+// soon as the gateway's redial connects, without waiting minutes for its
+// next announcement.
+func TestClosedConnectionToALiveNode(t *testing.T) {
+	boot := newMemberHost(t, t.TempDir())
+	gw := newMemberHost(t, t.TempDir(), boot.FullAddrs()...)
+	node := newMemberHost(t, t.TempDir(), boot.FullAddrs()...)
+	v := NewView(gw.IDString(), route.DefaultConfig(), time.Now, 10*time.Second, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	if err := v.watchConnections(ctx, gw, &wg); err != nil {
+		t.Fatal(err)
+	}
+	id := node.ID()
+	a := memberAnn(id, 1)
+	a.EveryMs = (10 * time.Minute).Milliseconds() // a wide gossip budget: no announcement soon
+	v.Update(id, a)
+	gw.Peerstore().AddAddrs(id, node.Addrs(), time.Hour)
+	waitUntil(t, 10*time.Second, "the gateway connected to the node", func() bool {
+		gw.Connect(ctx, peer.AddrInfo{ID: id})
+		return gw.Network().Connectedness(id) == network.Connected
+	})
+	if !candidate(v, id) {
+		t.Fatal("announced node is not a candidate")
+	}
+	start := time.Now()
+	gw.Network().ClosePeer(id)
+	waitUntil(t, 10*time.Second, "the node a candidate again after its connection closed", func() bool {
+		return gw.Network().Connectedness(id) == network.Connected && candidate(v, id)
+	})
+	t.Logf("back as a candidate %v after its connection closed", time.Since(start).Round(time.Millisecond))
 }

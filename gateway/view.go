@@ -414,7 +414,11 @@ func (v *View) expireLoop(ctx context.Context, every time.Duration) {
 // watchConnections takes a node out of the candidates as soon as this
 // gateway's last connection to it closes (a killed node stops getting calls
 // at once, not after the announcement timeout). Its breaker and health
-// state stay; its next announcement makes it a candidate again.
+// state stay; its next announcement makes it a candidate again, and so
+// does a new connection to it: a closed connection is not always a dead
+// node (the connection manager trims idle ones, and under a wide gossip
+// budget the next announcement may be minutes away), so the gateway dials
+// it once, and a live node is back within a round trip.
 func (v *View) watchConnections(ctx context.Context, h *p2p.Host, wg *sync.WaitGroup) error {
 	sub, err := h.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged))
 	if err != nil {
@@ -430,8 +434,13 @@ func (v *View) watchConnections(ctx context.Context, h *p2p.Host, wg *sync.WaitG
 				if !ok {
 					return
 				}
-				if ev := e.(event.EvtPeerConnectednessChanged); ev.Connectedness == network.NotConnected {
-					v.Unreachable(ev.Peer)
+				switch ev := e.(event.EvtPeerConnectednessChanged); ev.Connectedness {
+				case network.NotConnected:
+					if v.Unreachable(ev.Peer) {
+						wg.Go(func() { v.redial(ctx, h, ev.Peer) })
+					}
+				case network.Connected:
+					v.reachable(ev.Peer)
 				}
 			}
 		}
@@ -439,14 +448,49 @@ func (v *View) watchConnections(ctx context.Context, h *p2p.Host, wg *sync.WaitG
 	return nil
 }
 
+// redialTimeout bounds the one dial a gateway makes to a node whose
+// connection closed: a few round trips, or a relay's.
+const redialTimeout = 5 * time.Second
+
+// redial dials a node whose last connection closed, once; the Connected
+// event that follows success makes it reachable again.
+func (v *View) redial(ctx context.Context, h *p2p.Host, id peer.ID) {
+	dctx, cancel := context.WithTimeout(ctx, redialTimeout)
+	defer cancel()
+	h.Connect(dctx, peer.AddrInfo{ID: id}) // an error leaves it away: it is what we expected of a dead node
+}
+
+// reachable undoes Unreachable for a node this gateway is connected to
+// again, unless membership says it is gone or it is refused.
+func (v *View) reachable(id peer.ID) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	e := v.nodes[id]
+	if e == nil || !e.down || v.members.blocks(id) {
+		return
+	}
+	if _, refused := v.refused[id]; refused {
+		return
+	}
+	now := v.now()
+	if !v.fresh(e, now) {
+		return
+	}
+	e.down = false
+	for _, m := range e.ann.Models {
+		v.apply(id, m, &e.ann, now)
+	}
+}
+
 // Unreachable marks every instance of a node as away (no candidate; its
-// model stays listed, listing.go) until its next announcement.
-func (v *View) Unreachable(id peer.ID) {
+// model stays listed, listing.go) until its next announcement or a new
+// connection to it. It reports whether the node was known.
+func (v *View) Unreachable(id peer.ID) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	e := v.nodes[id]
 	if e == nil {
-		return
+		return false
 	}
 	e.down = true
 	now := v.now()
@@ -457,4 +501,5 @@ func (v *View) Unreachable(id peer.ID) {
 			}
 		}
 	}
+	return true
 }
