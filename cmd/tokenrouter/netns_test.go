@@ -12,12 +12,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tokenrouter/tokenrouter/internal/launch"
-	"github.com/tokenrouter/tokenrouter/internal/testkit"
 )
 
 // The addresses of the namespaces. Only the two root links live in the
@@ -169,30 +167,7 @@ func (l *netLab) must(args ...string) {
 // would: ip netns exec NS tokenrouter ARGS.
 func startIn(t *testing.T, ns, name string, env []string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, binary}, args...)...)
-	cmd.Env = append(os.Environ(), env...)
-	out := &testkit.SyncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, out: out}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-done
-			t.Errorf("%s did not stop on SIGTERM", name)
-		}
-		if t.Failed() {
-			t.Logf("--- %s output ---\n%s", name, out.String())
-		}
-	})
-	return p
+	return startCmd(t, name, env, exec.Command("ip", append([]string{"netns", "exec", ns, binary}, args...)...))
 }
 
 // logLines are p's log lines with msg and every want in them.

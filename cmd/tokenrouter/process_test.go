@@ -46,7 +46,13 @@ type proc struct {
 
 func start(t *testing.T, name string, env []string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
+	return startCmd(t, name, env, exec.Command(binary, args...))
+}
+
+// startCmd starts cmd (a tokenrouter process, perhaps behind a wrapper such
+// as ip netns exec) with env added, and stops it with SIGTERM at cleanup.
+func startCmd(t *testing.T, name string, env []string, cmd *exec.Cmd) *proc {
+	t.Helper()
 	cmd.Env = append(os.Environ(), env...)
 	out := &testkit.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
