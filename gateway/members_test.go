@@ -96,17 +96,6 @@ func newMemberHost(t *testing.T, dir string, bootstrap ...string) *p2p.Host {
 	return h
 }
 
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestMembershipTakesACrashedNodeOutOfTheView runs real membership on
 // loopback: a node whose host dies without leaving stops being a candidate
 // at the gateway, is declared dead, is not re-added by an announcement sent
@@ -118,7 +107,7 @@ func TestMembershipTakesACrashedNodeOutOfTheView(t *testing.T) {
 	nodeDir := t.TempDir()
 	node := newMemberHost(t, nodeDir, boot.FullAddrs()...)
 	for _, h := range []*p2p.Host{boot, gw, node} {
-		waitUntil(t, 10*time.Second, "three members", func() bool { return h.Members.NumMembers() == 3 })
+		testkit.WaitFor(t, 10*time.Second, "three members", func() bool { return h.Members.NumMembers() == 3 })
 	}
 	v := NewView(gw.IDString(), route.DefaultConfig(), time.Now, 10*time.Second, 1)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -133,12 +122,12 @@ func TestMembershipTakesACrashedNodeOutOfTheView(t *testing.T) {
 
 	start := time.Now()
 	node.Host.Close() // the libp2p host dies; its membership never leaves
-	waitUntil(t, 5*time.Second, "the crashed node out of the candidates", func() bool { return !candidate(v, id) })
+	testkit.WaitFor(t, 5*time.Second, "the crashed node out of the candidates", func() bool { return !candidate(v, id) })
 	t.Logf("crashed node out of the gateway's candidates after %v", time.Since(start).Round(time.Millisecond))
 	if took := time.Since(start); took > 3*time.Second {
 		t.Errorf("took %v, over 3 s", took)
 	}
-	waitUntil(t, 15*time.Second, "the crashed node declared dead", func() bool { return gw.Members.State(id) == p2p.MemberDead })
+	testkit.WaitFor(t, 15*time.Second, "the crashed node declared dead", func() bool { return gw.Members.State(id) == p2p.MemberDead })
 	v.Update(id, memberAnn(id, 2)) // a straggler, published before the crash
 	if candidate(v, id) || listed(v, id) {
 		t.Fatal("a late announcement brought a dead node back")
@@ -150,8 +139,8 @@ func TestMembershipTakesACrashedNodeOutOfTheView(t *testing.T) {
 	if again.ID() != id {
 		t.Fatalf("restarted with another identity")
 	}
-	waitUntil(t, 20*time.Second, "the restarted node alive at the gateway", func() bool { return gw.Members.State(id) == p2p.MemberAlive })
-	waitUntil(t, 2*time.Second, "the restarted node a candidate", func() bool { return candidate(v, id) })
+	testkit.WaitFor(t, 20*time.Second, "the restarted node alive at the gateway", func() bool { return gw.Members.State(id) == p2p.MemberAlive })
+	testkit.WaitFor(t, 2*time.Second, "the restarted node a candidate", func() bool { return candidate(v, id) })
 }
 
 // TestClosedConnectionToALiveNode: the connection manager (or a flaky
@@ -175,7 +164,7 @@ func TestClosedConnectionToALiveNode(t *testing.T) {
 	a.EveryMs = (10 * time.Minute).Milliseconds() // a wide gossip budget: no announcement soon
 	v.Update(id, a)
 	gw.Peerstore().AddAddrs(id, node.Addrs(), time.Hour)
-	waitUntil(t, 10*time.Second, "the gateway connected to the node", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the gateway connected to the node", func() bool {
 		gw.Connect(ctx, peer.AddrInfo{ID: id})
 		return gw.Network().Connectedness(id) == network.Connected
 	})
@@ -184,7 +173,7 @@ func TestClosedConnectionToALiveNode(t *testing.T) {
 	}
 	start := time.Now()
 	gw.Network().ClosePeer(id)
-	waitUntil(t, 10*time.Second, "the node a candidate again after its connection closed", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the node a candidate again after its connection closed", func() bool {
 		return gw.Network().Connectedness(id) == network.Connected && candidate(v, id)
 	})
 	t.Logf("back as a candidate %v after its connection closed", time.Since(start).Round(time.Millisecond))

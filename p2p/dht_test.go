@@ -10,6 +10,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/tokenrouter/tokenrouter/internal/testkit"
 )
 
 // Two bootstrap peers that know each other; a peer connected only to the
@@ -38,13 +39,13 @@ func TestFindThroughDHT(t *testing.T) {
 	if !slices.Contains(protos, protocol.ID("/tokenrouter/kad/1.0.0")) || slices.Contains(protos, protocol.ID("/ipfs/kad/1.0.0")) {
 		t.Fatalf("bootstrap peer speaks %v, want /tokenrouter/kad/1.0.0 and not /ipfs/kad/1.0.0", protos)
 	}
-	waitFor(t, 10*time.Second, "the bootstrap peers to be in each other's routing table", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the bootstrap peers to be in each other's routing table", func() bool {
 		return b1.dht.RoutingTable().Find(b2.ID()) != "" && b2.dht.RoutingTable().Find(b1.ID()) != ""
 	})
-	waitFor(t, 10*time.Second, "the gateway to have its bootstrap peer in its routing table", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the gateway to have its bootstrap peer in its routing table", func() bool {
 		return gw.dht.RoutingTable().Find(b1.ID()) != ""
 	})
-	waitFor(t, 5*time.Second, "B2 to learn the node's addresses", func() bool { return len(b2.Peerstore().Addrs(node.ID())) > 0 })
+	testkit.WaitFor(t, 5*time.Second, "B2 to learn the node's addresses", func() bool { return len(b2.Peerstore().Addrs(node.ID())) > 0 })
 
 	if addrs, err := gw.askWhere(ctx, b1.ID(), node.ID()); err != nil || len(addrs) > 0 {
 		t.Fatalf("B1's discover answered %v, %v; the test proves nothing", addrs, err)

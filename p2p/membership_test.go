@@ -19,6 +19,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/tokenrouter/tokenrouter/internal/testkit"
 )
 
 // newSwimHost is a plain libp2p host on loopback (what the mesh simulation
@@ -70,16 +71,16 @@ func TestSwimTransportCluster(t *testing.T) {
 	}
 	all := []peer.ID{ha.ID(), hb.ID(), hc.ID()}
 	for _, m := range []*Membership{ma, mb, mc} {
-		waitFor(t, 5*time.Second, "three members everywhere", func() bool { return sameIDs(m.Members(), all) })
+		testkit.WaitFor(t, 5*time.Second, "three members everywhere", func() bool { return sameIDs(m.Members(), all) })
 	}
 	// c learnt b from a's state (it dialled only a) and reaches it.
 	if len(hc.Peerstore().Addrs(hb.ID())) == 0 {
 		t.Fatal("c has no address for b: node metadata did not carry it")
 	}
-	waitFor(t, 10*time.Second, "b and c connected by their probes", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "b and c connected by their probes", func() bool {
 		return len(hc.Network().ConnsToPeer(hb.ID())) > 0 && len(hb.Network().ConnsToPeer(hc.ID())) > 0
 	})
-	waitFor(t, 10*time.Second, "c holds b alive", func() bool { return mc.State(hb.ID()) == MemberAlive })
+	testkit.WaitFor(t, 10*time.Second, "c holds b alive", func() bool { return mc.State(hb.ID()) == MemberAlive })
 }
 
 func TestMembershipConfigValidate(t *testing.T) {
@@ -306,7 +307,7 @@ func TestHostMembershipLeaveIsLeft(t *testing.T) {
 	a := newMemberHost(t, boot.FullAddrs()...)
 	b := newMemberHost(t, boot.FullAddrs()...)
 	for _, h := range []*Host{boot, a, b} {
-		waitFor(t, 10*time.Second, "three members", func() bool { return h.Members.NumMembers() == 3 })
+		testkit.WaitFor(t, 10*time.Second, "three members", func() bool { return h.Members.NumMembers() == 3 })
 	}
 	events, cancel := boot.Members.Subscribe()
 	defer cancel()
@@ -326,7 +327,7 @@ func TestHostMembershipLeaveIsLeft(t *testing.T) {
 			if got := boot.Members.State(b.ID()); got != MemberLeft {
 				t.Fatalf("State = %s, want left", got)
 			}
-			waitFor(t, 5*time.Second, "a sees b left", func() bool { return a.Members.State(b.ID()) == MemberLeft })
+			testkit.WaitFor(t, 5*time.Second, "a sees b left", func() bool { return a.Members.State(b.ID()) == MemberLeft })
 			return
 		case <-deadline:
 			t.Fatal("the leave was not reported")

@@ -10,6 +10,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/tokenrouter/tokenrouter/internal/testkit"
 )
 
 // newBootstrapHost is a host configured as bootstrap.HostConfig configures
@@ -64,7 +65,7 @@ func TestRelayedNode(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 20*time.Second, fmt.Sprintf("the node's reservation on relay %d", i), func() bool {
+		testkit.WaitFor(t, 20*time.Second, fmt.Sprintf("the node's reservation on relay %d", i), func() bool {
 			gw.Network().(*swarm.Swarm).Backoff().Clear(node.ID())
 			dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
 			defer dcancel()

@@ -246,7 +246,7 @@ func TestFindThroughBootstrap(t *testing.T) {
 
 	// C learns B's listen addresses from identify, which runs on C's side
 	// after B's dial returns (see TestFindRightAfterJoin).
-	waitFor(t, 5*time.Second, "C to learn B's addresses", func() bool { return len(c.Peerstore().Addrs(b.ID())) > 0 })
+	testkit.WaitFor(t, 5*time.Second, "C to learn B's addresses", func() bool { return len(c.Peerstore().Addrs(b.ID())) > 0 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -292,17 +292,6 @@ func TestFindRightAfterJoin(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestAnnouncementValidator runs the load-topic validator on a real GossipSub
 // topic: the node publishes on a topic without a validator, so bad
 // announcements leave it and only the gateway's validator can stop them.
@@ -340,7 +329,7 @@ func TestAnnouncementValidator(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, p := range []peer.ID{gw.ID(), observer.ID()} {
-		waitFor(t, 5*time.Second, "the bootstrap to learn a peer's addresses", func() bool { return len(boot.Peerstore().Addrs(p)) > 0 })
+		testkit.WaitFor(t, 5*time.Second, "the bootstrap to learn a peer's addresses", func() bool { return len(boot.Peerstore().Addrs(p)) > 0 })
 		if err := node.Find(ctx, p); err != nil {
 			t.Fatalf("node.Find(%s): %v", p, err)
 		}
@@ -714,7 +703,7 @@ func TestSettleRoundTrip(t *testing.T) {
 
 	// A peer that does not serve the protocol is an ordinary error, not an RPCError.
 	plain := newTestHost(t, server.FullAddrs()[0])
-	waitFor(t, 5*time.Second, "the server to learn plain's addresses", func() bool { return len(server.Peerstore().Addrs(plain.ID())) > 0 })
+	testkit.WaitFor(t, 5*time.Second, "the server to learn plain's addresses", func() bool { return len(server.Peerstore().Addrs(plain.ID())) > 0 })
 	if err := client.Find(ctx, plain.ID()); err != nil {
 		t.Fatalf("Find(plain): %v", err)
 	}

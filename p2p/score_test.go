@@ -118,7 +118,7 @@ func meet(t *testing.T, peers ...*loadPeer) {
 	for _, a := range peers {
 		for _, b := range peers {
 			if a != b {
-				waitFor(t, 10*time.Second, "peers on the load topic", func() bool { return slices.Contains(a.topic.ListPeers(), b.h.ID()) })
+				testkit.WaitFor(t, 10*time.Second, "peers on the load topic", func() bool { return slices.Contains(a.topic.ListPeers(), b.h.ID()) })
 			}
 		}
 	}
@@ -150,7 +150,7 @@ func announceEvery(t *testing.T, lp *loadPeer, d time.Duration) {
 func waitScore(t *testing.T, at *Host, p peer.ID, what string, ok func(float64) bool) float64 {
 	t.Helper()
 	var s float64
-	waitFor(t, 15*time.Second, what, func() bool {
+	testkit.WaitFor(t, 15*time.Second, what, func() bool {
 		var known bool
 		s, known = at.Scores.PeerScore(p)
 		return known && ok(s)
@@ -182,7 +182,7 @@ func TestScoreDropsLiesAndPunishesTheSender(t *testing.T) {
 		}
 		return true
 	}
-	waitFor(t, 10*time.Second, "the liar's valid announcements at both receivers", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the liar's valid announcements at both receivers", func() bool {
 		first = liar.announcement(time.Now())
 		valid[first.Seq] = true
 		liar.publish(t, first)
@@ -256,7 +256,7 @@ func TestScoreAppPenaltyGraylists(t *testing.T) {
 	node := joinLoad(t, newTestHost(t, boot.FullAddrs()[0]), false)
 	meet(t, gw, node)
 	announceEvery(t, node, 500*time.Millisecond)
-	waitFor(t, 10*time.Second, "the node's announcements at the gateway", func() bool { return len(gw.from(node.h.ID())) > 0 })
+	testkit.WaitFor(t, 10*time.Second, "the node's announcements at the gateway", func() bool { return len(gw.from(node.h.ID())) > 0 })
 	if s := waitScore(t, gw.h, node.h.ID(), "the node's score", func(float64) bool { return true }); s < 0 {
 		t.Fatalf("an honest node's score is %.1f", s)
 	}
@@ -355,7 +355,7 @@ func TestScoreColocation(t *testing.T) {
 	if !local {
 		want = 1 // (n-1 peers - threshold)²
 	}
-	waitFor(t, 10*time.Second, "the first host to score every other", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the first host to score every other", func() bool {
 		m := <-snaps
 		if len(m) < n-1 {
 			return false

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -43,4 +44,16 @@ func RandomPeer(t testing.TB) (crypto.PrivKey, peer.ID) {
 		t.Fatal(err)
 	}
 	return key, id
+}
+
+// WaitFor polls cond every 10 ms until it holds, failing t with what after d.
+func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
