@@ -28,6 +28,9 @@ type authCache struct {
 
 	mu      sync.Mutex
 	entries map[[32]byte]*authEntry
+	// revoked holds the keys the platform revoked, until staleAuth after
+	// (by then no cached entry or stale fallback can outlive it).
+	revoked map[[32]byte]time.Time
 	flight  singleflight.Group // one settlement lookup per key at a time, however many calls wait on it
 }
 
@@ -39,7 +42,23 @@ type authEntry struct {
 }
 
 func newAuthCache(h *p2p.Host, platform peer.ID, ttl time.Duration) *authCache {
-	return &authCache{h: h, platform: platform, ttl: ttl, entries: map[[32]byte]*authEntry{}}
+	return &authCache{h: h, platform: platform, ttl: ttl, entries: map[[32]byte]*authEntry{}, revoked: map[[32]byte]time.Time{}}
+}
+
+// revoke forgets the keys with these SHA-256 sums and refuses them from now
+// on, whatever a lookup already in flight returns.
+func (a *authCache) revoke(sums [][32]byte, now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for at, s := range a.revoked {
+		if now.Sub(s) > staleAuth {
+			delete(a.revoked, at)
+		}
+	}
+	for _, sum := range sums {
+		delete(a.entries, sum)
+		a.revoked[sum] = now
+	}
 }
 
 // check returns the key's account and the balance this gateway believes it
@@ -47,6 +66,10 @@ func newAuthCache(h *p2p.Host, platform peer.ID, ttl time.Duration) *authCache {
 func (a *authCache) check(ctx context.Context, key string) (auth, error) {
 	sum := sha256.Sum256([]byte(key))
 	a.mu.Lock()
+	if _, ok := a.revoked[sum]; ok {
+		a.mu.Unlock()
+		return auth{}, errUnknownKey
+	}
 	e := a.entries[sum]
 	if e != nil && time.Since(e.fetched) < a.ttl {
 		defer a.mu.Unlock()
@@ -78,6 +101,9 @@ func (a *authCache) check(ctx context.Context, key string) (auth, error) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if _, ok := a.revoked[sum]; ok {
+		return auth{}, errUnknownKey // revoked while settlement was asked
+	}
 	if len(a.entries) > 100_000 {
 		clear(a.entries) // bounded; a cleared cache only costs a lookup
 	}

@@ -6,9 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tokenrouter/tokenrouter/internal/openai"
 	"github.com/tokenrouter/tokenrouter/p2p"
 	"github.com/tokenrouter/tokenrouter/settlement/economy"
@@ -54,6 +56,8 @@ type creditLines struct {
 
 	mu    sync.Mutex
 	lines map[string]*creditLine // by account
+
+	topUps *prometheus.CounterVec // by result; nil = not counted
 }
 
 type creditLine struct {
@@ -62,6 +66,45 @@ type creditLine struct {
 	amount    int64 // the hold's total at settlement, as last confirmed
 	remaining int64 // what this gateway may still spend
 	expires   time.Time
+
+	// What metrics read without l.mu, which a top-up holds for a round
+	// trip to settlement (publish).
+	shownUntil atomic.Int64 // the hold's expiry (unix ns); 0 = no hold
+	shownLeft  atomic.Int64 // remaining
+}
+
+// publish shows the line's state to metrics; l.mu is held.
+func (l *creditLine) publish() {
+	until := int64(0)
+	if l.id != "" {
+		until = l.expires.UnixNano()
+	}
+	l.shownUntil.Store(until)
+	l.shownLeft.Store(l.remaining)
+}
+
+// open counts the lines whose hold is open at now, and what is left on them.
+func (cl *creditLines) open(now time.Time) (holds int, remaining int64) {
+	cl.mu.Lock()
+	lines := make([]*creditLine, 0, len(cl.lines))
+	for _, l := range cl.lines {
+		lines = append(lines, l)
+	}
+	cl.mu.Unlock()
+	for _, l := range lines {
+		if l.shownUntil.Load() > now.UnixNano() {
+			holds++
+			remaining += max(l.shownLeft.Load(), 0)
+		}
+	}
+	return holds, remaining
+}
+
+// counted counts one top-up's result.
+func (cl *creditLines) counted(result string) {
+	if cl.topUps != nil {
+		cl.topUps.WithLabelValues(result).Inc()
+	}
 }
 
 func newCreditLines(h *p2p.Host, platform peer.ID, cfg CreditConfig) *creditLines {
@@ -94,6 +137,7 @@ func (cl *creditLines) reserve(ctx context.Context, key, account string, amount 
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	defer l.publish()
 	now := time.Now()
 	if l.id != "" && l.remaining >= amount && now.Add(cl.cfg.RenewBefore).Before(l.expires) {
 		l.remaining -= amount
@@ -112,23 +156,28 @@ func (cl *creditLines) reserve(ctx context.Context, key, account string, amount 
 	var rpcErr *p2p.RPCError
 	switch {
 	case errors.As(err, &rpcErr) && rpcErr.Code == p2p.CodeInsufficient:
+		cl.counted("insufficient")
 		return "", errNoCredit
 	case errors.As(err, &rpcErr) && rpcErr.Code == p2p.CodeUnknownKey:
+		cl.counted("unknown_key")
 		return "", errUnknownKey
 	case errors.As(err, &rpcErr) && rpcErr.Code != p2p.CodeInternal:
 		// The hold is closed or not ours any more: the next call takes a new one.
+		cl.counted("closed")
 		l.id, l.amount, l.remaining = "", 0, 0
 		return "", errSettlementOffline
 	case err != nil || resp.Hold == nil:
 		// Settlement is out of reach (or did not answer in time: a top-up it
 		// applied is counted from its total at the next answer). Spend what
 		// the line still holds.
+		cl.counted("offline")
 		if l.id != "" && l.remaining >= amount && now.Before(l.expires) {
 			l.remaining -= amount
 			return l.id, nil
 		}
 		return "", errSettlementOffline
 	}
+	cl.counted("ok")
 	if resp.Hold.ID != l.id {
 		l.id, l.amount, l.remaining = resp.Hold.ID, 0, 0 // a new hold: the old one's rest returns on its expiry
 	}
@@ -157,6 +206,7 @@ func (cl *creditLines) settle(account, hold string, reserved, spent int64) {
 	l.mu.Lock()
 	if l.id == hold {
 		l.remaining += reserved - spent
+		l.publish()
 	}
 	l.mu.Unlock()
 }

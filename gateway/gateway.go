@@ -142,6 +142,7 @@ func New(cfg Config) (*Gateway, error) {
 	g.streams = newStreamPool(func(ctx context.Context, node peer.ID) (network.Stream, error) {
 		return cfg.Host.NewStream(ctx, node, p2p.ProtoInfer)
 	}, g.metrics)
+	g.watchMetrics()
 	return g, nil
 }
 
@@ -182,6 +183,9 @@ func (g *Gateway) Run(ctx context.Context, ready func(httpAddr string)) error {
 	wg.Go(func() { g.keepPrices(ctx) })
 	if err := g.followScores(ctx, &wg); err != nil {
 		return fmt.Errorf("gateway: follow health scores: %w", err)
+	}
+	if err := g.followRevocations(ctx, &wg); err != nil {
+		return fmt.Errorf("gateway: follow key revocations: %w", err)
 	}
 	wg.Go(func() { g.reportLoop(ctx, g.cfg.ReportEvery) })
 	wg.Go(func() { g.streams.run(ctx) })

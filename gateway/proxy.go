@@ -28,6 +28,8 @@ func (g *Gateway) inference(path string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		g.calls.Add(1)
 		defer g.calls.Done()
+		g.metrics.inFlight.Inc()
+		defer g.metrics.inFlight.Dec()
 		start := time.Now()
 		reqID := newRequestID()
 		w.Header().Set(HeaderRequestID, reqID)
@@ -102,6 +104,7 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, r
 		return fail(w, http.StatusBadRequest, "invalid_request_error", "stream", "invalid_value", "embeddings cannot be streamed")
 	}
 	if !g.view.HasModel(meta.Model) {
+		g.metrics.routed(decisionNoCandidate, "model_not_found")
 		g.outcomes.turnedAway(meta.Model)
 		return fail(w, http.StatusNotFound, "invalid_request_error", "model", "model_not_found",
 			fmt.Sprintf("the model %q has no live instance on the network", meta.Model))
@@ -124,7 +127,7 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, r
 	c := &forwardCall{
 		g: g, w: w, r: r, id: reqID, path: path, body: body, meta: meta,
 		key: key, account: au.account, grant: au.grant, hold: hold, wantUsage: meta.IncludeUsage,
-		deadline: start.Add(g.cfg.MaxCallTime),
+		start: start, deadline: start.Add(g.cfg.MaxCallTime),
 	}
 	// Deferred, so even a panic on a hostile answer returns the unused
 	// reservation to the credit line.
@@ -152,7 +155,9 @@ type forwardCall struct {
 	hold      string // the credit-line hold this call spends against
 	spent     int64  // what it was billed
 	wantUsage bool
+	start     time.Time // when the request arrived
 	deadline  time.Time // MaxCallTime from the call's start, across every attempt
+	answered  bool      // the first byte of an answer reached the client (firstByte)
 	stream    streamID  // the id the engine's chunks carry, for the events the gateway adds
 
 	// What the current attempt tells the routing table.
@@ -213,11 +218,15 @@ func (c *forwardCall) run() int {
 	var tried []peer.ID
 	var last *attemptError
 	fulls := 0
+	noCandidate := false
 	for attempt := 0; attempt <= g.cfg.MaxRetries && fulls < route.MaxFullTries && time.Now().Before(c.deadline); attempt++ {
 		node, lease, ok := g.view.Acquire(c.meta.Model, tried)
 		if !ok {
+			g.metrics.routed(decisionNoCandidate, g.view.NoPick(c.meta.Model))
+			noCandidate = true
 			break
 		}
+		g.metrics.routed(decisionChosen, chosenReason(last))
 		tried = append(tried, node)
 		c.outcome, c.tokens, c.span, c.lease = route.Success, 0, 0, lease
 		status, aerr := c.attempt(node)
@@ -231,6 +240,7 @@ func (c *forwardCall) run() int {
 			c.outcome = route.Neutral // the client left: says nothing of the node
 		}
 		c.nodeDone()
+		g.metrics.attempts.WithLabelValues(c.outcome.String()).Inc()
 		g.outcomes.add(node, c.meta.Model, c.outcome)
 		if aerr == nil {
 			return status
@@ -248,6 +258,9 @@ func (c *forwardCall) run() int {
 			return 499 // the client left
 		}
 	}
+	if !noCandidate {
+		g.metrics.routed(decisionGaveUp, c.gaveUp(fulls))
+	}
 	if last != nil && last.timedOut() {
 		return fail(c.w, http.StatusGatewayTimeout, "server_error", "", "timeout",
 			fmt.Sprintf("no instance of %q answered in time (tried %d; a node has %s to start answering, a call %s in all): %v",
@@ -261,6 +274,32 @@ func (c *forwardCall) run() int {
 	}
 	return fail(c.w, http.StatusBadGateway, "server_error", "", "upstream_failed",
 		fmt.Sprintf("the call failed on %d instance(s): %v", len(tried), last.err))
+}
+
+// gaveUp says why run stopped trying with candidates left: out of time,
+// out of tries on full nodes, or out of retries.
+func (c *forwardCall) gaveUp(fulls int) string {
+	switch {
+	case !time.Now().Before(c.deadline):
+		return "deadline"
+	case fulls >= route.MaxFullTries:
+		return "full_tries_exhausted"
+	}
+	return "retries_exhausted"
+}
+
+// firstByte notes that the first byte of the answer reached the client:
+// the call's time to first token, once.
+func (c *forwardCall) firstByte() {
+	if c.answered {
+		return
+	}
+	c.answered = true
+	stream := "false"
+	if c.meta.Stream {
+		stream = "true"
+	}
+	c.g.metrics.ttft.WithLabelValues(c.path, stream).Observe(time.Since(c.start).Seconds())
 }
 
 // attempt runs the call on node. A nil error means an answer (success or a

@@ -148,6 +148,7 @@ func (rl *relay) whole() (int, *attemptError) {
 	rl.writeDeadline()
 	c.w.WriteHeader(http.StatusOK)
 	c.w.Write(out)
+	c.firstByte()
 	return http.StatusOK, nil
 }
 
@@ -381,6 +382,7 @@ func (rl *relay) flush() {
 		}
 		rl.rc.Flush()
 		rl.unflushed = false
+		rl.c.firstByte()
 	}
 }
 

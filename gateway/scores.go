@@ -49,6 +49,17 @@ type outcomes struct {
 	mu       sync.Mutex
 	counts   map[instanceKey]*p2p.OutcomeReport
 	unserved map[string]uint32 // calls per model turned away: no live instance or none with capacity
+	calls    map[string]uint32 // attempts and turned-away calls per model: what an instance passed over missed
+}
+
+// called counts one call (or attempt) of model; called with o.mu held.
+func (o *outcomes) called(model string) {
+	if o.calls == nil {
+		o.calls = map[string]uint32{}
+	}
+	if _, ok := o.calls[model]; ok || len(o.calls) < 10_000 {
+		o.calls[model]++
+	}
 }
 
 // turnedAway counts a call no instance could take: demand the network did not meet.
@@ -61,14 +72,16 @@ func (o *outcomes) turnedAway(model string) {
 	if len(o.unserved) < 10_000 {
 		o.unserved[model]++
 	}
+	o.called(model)
 }
 
 func (o *outcomes) add(node peer.ID, model string, out route.Outcome) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.called(model)
 	if out != route.Failure && out != route.Neutral {
 		return
 	}
-	o.mu.Lock()
-	defer o.mu.Unlock()
 	if o.counts == nil {
 		o.counts = map[instanceKey]*p2p.OutcomeReport{}
 	}
@@ -85,15 +98,39 @@ func (o *outcomes) add(node peer.ID, model string, out route.Outcome) {
 	}
 }
 
-func (o *outcomes) take() ([]p2p.OutcomeReport, map[string]uint32) {
+// take returns what was gathered and starts afresh. passedOver names the
+// instances of a model that are out of the running now, and why; each is
+// charged with the calls of its model since the last report.
+func (o *outcomes) take(passedOver func(model string) map[string]string) ([]p2p.OutcomeReport, map[string]uint32) {
 	o.mu.Lock()
-	defer o.mu.Unlock()
-	out := make([]p2p.OutcomeReport, 0, len(o.counts))
-	for _, r := range o.counts {
+	counts, unserved, calls := o.counts, o.unserved, o.calls
+	o.counts, o.unserved, o.calls = nil, nil, nil
+	o.mu.Unlock()
+	if counts == nil {
+		counts = map[instanceKey]*p2p.OutcomeReport{}
+	}
+	for model, n := range calls {
+		for id, why := range passedOver(model) {
+			node, err := peer.Decode(id)
+			if err != nil {
+				continue
+			}
+			k := instanceKey{node, model}
+			r := counts[k]
+			if r == nil {
+				r = &p2p.OutcomeReport{Node: id, Model: model}
+				counts[k] = r
+			}
+			if r.PassedOver == nil {
+				r.PassedOver = map[string]uint32{}
+			}
+			r.PassedOver[why] += n
+		}
+	}
+	out := make([]p2p.OutcomeReport, 0, len(counts))
+	for _, r := range counts {
 		out = append(out, *r)
 	}
-	unserved := o.unserved
-	o.counts, o.unserved = nil, nil
 	return out, unserved
 }
 
@@ -104,7 +141,7 @@ func (g *Gateway) reportLoop(ctx context.Context, every time.Duration) {
 
 // report sends what was gathered since the last report.
 func (g *Gateway) report(ctx context.Context) {
-	reports, unserved := g.outcomes.take()
+	reports, unserved := g.outcomes.take(g.view.passedOver)
 	if len(reports) == 0 && len(unserved) == 0 {
 		return
 	}

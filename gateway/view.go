@@ -503,3 +503,29 @@ func (v *View) Unreachable(id peer.ID) bool {
 	}
 	return true
 }
+
+// passedOver names the instances of model that no call can go to now, and
+// why: parked (breaker open), below the floor, or full.
+func (v *View) passedOver(model string) map[string]string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	t := v.tables[model]
+	if t == nil {
+		return nil
+	}
+	now := v.now()
+	out := map[string]string{}
+	for _, h := range t.Handles() {
+		info, ok := t.Info(h, now)
+		switch {
+		case !ok || info.Away || info.Candidate:
+		case info.State == route.Parked.String():
+			out[info.ID] = p2p.PassedParked
+		case info.State == route.BelowFloor.String():
+			out[info.ID] = p2p.PassedFloor
+		case info.Routable && info.Spare <= 0:
+			out[info.ID] = p2p.PassedFull
+		}
+	}
+	return out
+}

@@ -19,6 +19,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
@@ -29,6 +30,8 @@ const (
 	PeerIDFile   = "peer-id"   // the peer id
 	ReadyFile    = "ready"     // written once the role serves
 	HTTPAddrFile = "http-addr" // the HTTP address a role with --http bound to
+	// MetricsAddrFile is the address a role's --metrics listener bound to.
+	MetricsAddrFile = "metrics-addr"
 )
 
 // Config describes a libp2p host for one role.
@@ -90,6 +93,8 @@ type Host struct {
 	topics  map[string]*pubsub.Topic
 
 	idString string // ID().String(), which encodes base58 on every call
+
+	stats hostStats // gossip verdicts and relay counts, for the roles' metrics (metrics.go)
 }
 
 // IDString is h.ID().String(), computed once: claims and receipts carry it
@@ -105,7 +110,7 @@ func (h *Host) topic(name string, validator func() pubsub.ValidatorEx) (*pubsub.
 	if t, ok := h.topics[name]; ok {
 		return t, nil
 	}
-	if err := h.PubSub.RegisterTopicValidator(name, validator()); err != nil {
+	if err := h.PubSub.RegisterTopicValidator(name, h.counted(name, validator())); err != nil {
 		return nil, err
 	}
 	t, err := h.PubSub.Join(name)
@@ -154,8 +159,10 @@ func NewHost(ctx context.Context, cfg Config) (*Host, error) {
 		return nil, err
 	}
 	opts = append(opts, libp2p.ResourceManager(rm))
+	var relay *relayStats
 	if cfg.RelayService {
-		opts = append(opts, libp2p.EnableRelayService(relayServiceOptions()...))
+		relay = &relayStats{}
+		opts = append(opts, libp2p.EnableRelayService(append(relayServiceOptions(), relayv2.WithMetricsTracer(relay))...))
 	}
 	if cfg.NATService {
 		opts = append(opts, libp2p.EnableNATService())
@@ -176,6 +183,7 @@ func NewHost(ctx context.Context, cfg Config) (*Host, error) {
 		return nil, fmt.Errorf("p2p: start gossipsub: %w", err)
 	}
 	hh := &Host{Host: h, PubSub: ps, Scores: scores, Key: key, cfg: cfg, log: log, cancel: cancel, idString: h.ID().String()}
+	hh.stats.relay = relay
 	for _, s := range cfg.Bootstrap {
 		ai, _ := peer.AddrInfoFromString(s)
 		if ai.ID == h.ID() {
@@ -266,10 +274,11 @@ func WriteHTTPAddr(dir, addr string) error {
 	return WriteFileAtomic(filepath.Join(dir, HTTPAddrFile), []byte(addr+"\n"), 0o644)
 }
 
-// RemoveRunFiles deletes ready and http-addr so a stopped role does not look alive.
+// RemoveRunFiles deletes ready, http-addr and metrics-addr so a stopped role does not look alive.
 func RemoveRunFiles(dir string) {
 	os.Remove(filepath.Join(dir, ReadyFile))
 	os.Remove(filepath.Join(dir, HTTPAddrFile))
+	os.Remove(filepath.Join(dir, MetricsAddrFile))
 }
 
 func (h *Host) connectBootstrap(ctx context.Context) {

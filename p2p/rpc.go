@@ -87,7 +87,19 @@ type OutcomeReport struct {
 	Model    string `json:"model"`
 	Failures uint32 `json:"failures"`
 	Neutral  uint32 `json:"neutral"`
+	// PassedOver counts, by why ("parked", "below_floor", "full"), the
+	// calls of Model this gateway routed elsewhere or turned away while the
+	// instance was in that state (sampled at each report), so its operator
+	// sees why it lost calls.
+	PassedOver map[string]uint32 `json:"passed_over,omitempty"`
 }
+
+// Why a gateway passed an instance over (OutcomeReport.PassedOver).
+const (
+	PassedParked = "parked"      // its breaker is open
+	PassedFloor  = "below_floor" // measured under the 5 tok/s floor
+	PassedFull   = "full"        // no spare capacity
+)
 
 // AccountInfo is an account as settlement reports it (integers in µcr).
 type AccountInfo struct {

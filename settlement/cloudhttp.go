@@ -86,29 +86,48 @@ func (s *Settlement) createCloudNode(w http.ResponseWriter, r *http.Request) {
 			"the body must be a JSON object {\"base_url\",\"api_token\",\"models\",\"capacity\"}: "+jsonProblem(err))
 		return
 	}
+	view, cerr := s.registerCloud(r.Context(), account, req)
+	if cerr != nil {
+		openai.WriteError(w, cerr.status, cerr.typ, cerr.param, cerr.code, cerr.msg)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusCreated)
+	json.NewEncoder(w).Encode(view)
+}
+
+// cloudError is why a registration failed, in OpenAI's error terms; its
+// message never quotes the token.
+type cloudError struct {
+	status                int
+	typ, param, code, msg string
+}
+
+// registerCloud checks a registration, checks the upstream answers with the
+// token, seals the token, links a new node identity to account and starts
+// the node. The HTTP API and the dashboard both register through it.
+func (s *Settlement) registerCloud(ctx context.Context, account string, req cloudRequest) (CloudNode, *cloudError) {
+	bad := func(param, code, msg string) *cloudError {
+		return &cloudError{http.StatusBadRequest, "invalid_request_error", param, code, msg}
+	}
+	internal := &cloudError{http.StatusInternalServerError, "server_error", "", "internal_error", "could not register the cloud node"}
 	in, param, msg := s.cloud.validate(req)
 	if msg != "" {
-		openai.WriteError(w, http.StatusBadRequest, "invalid_request_error", param, "invalid_value", msg)
-		return
+		return CloudNode{}, bad(param, "invalid_value", msg)
 	}
 	if err := allowed(in.BaseURL, s.cloud.cfg.AllowPrivate); err != nil {
-		openai.WriteError(w, http.StatusBadRequest, "invalid_request_error", "base_url", "upstream_not_allowed",
-			"base_url is not allowed: "+notAllowedText(err))
-		return
+		return CloudNode{}, bad("base_url", "upstream_not_allowed", "base_url is not allowed: "+notAllowedText(err))
 	}
 	if err := s.cloud.full(account); err != nil {
-		openai.WriteError(w, http.StatusBadRequest, "invalid_request_error", "", "too_many_nodes", err.Error())
-		return
+		return CloudNode{}, bad("", "too_many_nodes", err.Error())
 	}
-	if code, param, msg := s.cloud.check(r.Context(), in); msg != "" {
-		openai.WriteError(w, http.StatusBadRequest, "invalid_request_error", param, code, msg)
-		return
+	if code, param, msg := s.cloud.check(ctx, in); msg != "" {
+		return CloudNode{}, bad(param, code, msg)
 	}
 	rec, err := s.cloud.newRecord(account, in)
 	if err != nil {
 		s.log.Error("cloud node: create", "err", redact(err.Error(), in.APIToken))
-		openai.WriteError(w, http.StatusInternalServerError, "server_error", "", "internal_error", "could not register the cloud node")
-		return
+		return CloudNode{}, internal
 	}
 	view, err := s.cloud.add(rec, in.APIToken)
 	if err != nil {
@@ -116,18 +135,14 @@ func (s *Settlement) createCloudNode(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case errors.Is(err, errCloudFull), errors.Is(err, errCloudAccountFull):
-		openai.WriteError(w, http.StatusBadRequest, "invalid_request_error", "", "too_many_nodes", err.Error())
-		return
+		return CloudNode{}, bad("", "too_many_nodes", err.Error())
 	case err != nil:
 		s.log.Error("cloud node: save", "err", redact(err.Error(), in.APIToken))
-		openai.WriteError(w, http.StatusInternalServerError, "server_error", "", "internal_error", "could not register the cloud node")
-		return
+		return CloudNode{}, internal
 	}
 	s.log.Info("hosted cloud node registered", "cloud_node", rec.ID, "peer", rec.PeerID, "account", account,
 		"base_url", rec.BaseURL, "models", rec.Models, "capacity", rec.Capacity)
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusCreated)
-	json.NewEncoder(w).Encode(view)
+	return view, nil
 }
 
 // jsonProblem describes a decoding error without quoting the body.

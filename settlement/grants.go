@@ -183,5 +183,8 @@ func (s *Settlement) takeReports(g peer.ID, reports []p2p.OutcomeReport, now tim
 			s.rep.Record(r.Node, r.Model, nodecore.EventFailure, n, now)
 		}
 		s.rep.Record(r.Node, r.Model, nodecore.EventNeutral, min(r.Neutral, maxReportsPerHour), now)
+		for why, n := range r.PassedOver {
+			s.rep.PassedOver(r.Node, r.Model, why, min(n, maxReportsPerHour))
+		}
 	}
 }

@@ -67,10 +67,13 @@ func (s *Settlement) hold(remote peer.ID, req *p2p.SettleRequest) *p2p.SettleRes
 		amount = max(a.Available(), hr.Min) // hold what there is, if it covers the least asked
 	}
 	var st ledger.HoldState
+	start := time.Now()
 	if existed && !before.Closed {
 		st, err = s.led.ExtendHold(id, amount, expires)
+		s.metrics.committed("hold_topup", start, err)
 	} else if !existed {
 		st, err = s.led.Hold(id, account, remote.String(), amount, expires)
+		s.metrics.committed("hold", start, err)
 	} else {
 		return rpcErr(p2p.CodeInvalid, "that hold is closed; take a new one")
 	}
@@ -103,7 +106,10 @@ func (s *Settlement) release(remote peer.ID, req *p2p.SettleRequest) *p2p.Settle
 	if h, ok := s.led.HoldInfo(id); !ok || h.Holder != remote.String() {
 		return rpcErr(p2p.CodeInvalid, "no such hold of yours")
 	}
-	if _, err := s.led.VoidHold(id); err != nil {
+	start := time.Now()
+	_, err := s.led.VoidHold(id)
+	s.metrics.committed("hold_release", start, err)
+	if err != nil {
 		return rpcErr(p2p.CodeInternal, "could not release the hold; it expires on its own")
 	}
 	return &p2p.SettleResponse{}
@@ -113,7 +119,12 @@ func (s *Settlement) release(remote peer.ID, req *p2p.SettleRequest) *p2p.Settle
 // vanished gateway's reservations return to their accounts.
 func (s *Settlement) expireLoop(ctx context.Context, every time.Duration) {
 	tick.Every(ctx, every, func(now time.Time) {
-		if n, err := s.led.ExpireHolds(now); err != nil {
+		start := time.Now()
+		n, err := s.led.ExpireHolds(now)
+		if n > 0 || err != nil { // nothing due writes nothing
+			s.metrics.committed("hold_expire", start, err)
+		}
+		if err != nil {
 			s.log.Error("expire holds", "err", err)
 		} else if n > 0 {
 			s.log.Info("expired holds returned to their accounts", "holds", n)

@@ -6,11 +6,12 @@ import (
 	"strconv"
 
 	"encoding/json"
-	"github.com/tokenrouter/tokenrouter/settlement/ledger"
 	"net"
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/tokenrouter/tokenrouter/settlement/ledger"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/tokenrouter/tokenrouter/internal/openai"
@@ -24,6 +25,9 @@ func (s *Settlement) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/account", s.getAccount)
 	mux.HandleFunc("GET /v1/account/transactions", s.getTransactions)
 	mux.HandleFunc("GET /v1/receipts/{request_id}/proof", s.getReceiptProof)
+	mux.HandleFunc("GET /v1/keys", s.listKeys)
+	mux.HandleFunc("POST /v1/keys", s.postKey)
+	mux.HandleFunc("DELETE /v1/keys/{id}", s.deleteKey)
 	mux.HandleFunc("GET /v1/bounties", s.getBounties)
 	mux.HandleFunc("GET /v1/nodes", s.getNodes)
 	mux.HandleFunc("GET /v1/network", s.getNetwork)
@@ -36,9 +40,7 @@ func (s *Settlement) Handler() http.Handler {
 		w.Write([]byte(`{"status":"ok","role":"settle"}` + "\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		openai.WriteError(w, http.StatusNotFound, "invalid_request_error", "", "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
-	})
+	s.dashboard(mux) // `/` and everything not above, for people; API clients still get OpenAI's errors
 	return mux
 }
 
@@ -160,6 +162,9 @@ type nodeView struct {
 	RefusedSinceMs    int64  `json:"refused_since_ms,omitempty"`
 	// Disputes are its calls whose claim and receipt disagreed.
 	Disputes int64 `json:"disputes"`
+	// Models is every model it announced, live or not, as the dashboard
+	// shows them: load, rate, health, ramp-up, earnings and lost calls.
+	Models []InstanceView `json:"models"`
 }
 
 // getNodes is GET /v1/nodes: the nodes linked to the caller's account.
@@ -171,7 +176,10 @@ func (s *Settlement) getNodes(w http.ResponseWriter, r *http.Request) {
 	scores := s.rep.Scores(time.Now())
 	out := []nodeView{}
 	for _, n := range s.led.Nodes(account) {
-		v := nodeView{Node: n, Instances: []p2p.InstanceScore{}, Status: "ok", Disputes: s.Disputes("node", n)}
+		v := nodeView{Node: n, Instances: []p2p.InstanceScore{}, Status: "ok", Disputes: s.Disputes("node", n), Models: s.rep.Node(n, time.Now())}
+		if v.Models == nil {
+			v.Models = []InstanceView{}
+		}
 		if ref, ok := s.rep.Refusal(n, time.Now()); ok {
 			v.Status, v.Reason, v.RefusedSinceMs = ref.Status, ref.Reason, ref.SinceMs
 			if ref.Status == p2p.RefusedDuplicateIdentity {

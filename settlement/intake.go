@@ -317,7 +317,9 @@ func (in *intake) commit(batch []*checked) {
 		pool += legs[i].PlatformToPool - legs[i].PoolToProvider
 		postings[i] = s.posting(c, legs[i])
 	}
+	start := time.Now()
 	results, err := s.led.PostBatch(postings)
+	s.metrics.committed("receipts", start, err)
 	if err != nil {
 		for _, c := range batch {
 			c.done <- Outcome{Err: err}
@@ -343,6 +345,11 @@ func (in *intake) commit(batch []*checked) {
 		if res.Err == nil && res.Applied {
 			s.metrics.settledUcr.Add(float64(legs[i].Consumer))
 			s.rep.Record(c.r.Node, c.r.Model, nodecore.EventSuccess, 1, now)
+			earned := legs[i].PoolToProvider
+			if c.provider != c.r.Consumer {
+				earned += legs[i].ToProvider
+			}
+			s.rep.Paid(c.r.Node, c.r.Model, earned)
 		}
 		c.done <- Outcome{Applied: res.Applied, Err: res.Err}
 	}
@@ -371,7 +378,9 @@ func (in *intake) capped(c *checked, now time.Time) (bool, error) {
 		charged := min(c.cost, max(avail, 0))
 		s.log.Warn("consumer could not cover a call; charging what is left", "request", c.r.RequestID, "cost", c.cost, "charged", charged)
 		l := s.legs(c, charged, s.poolBalance(), now)
+		start := time.Now()
 		res, err := s.led.PostBatch([]ledger.Posting{s.posting(c, l)})
+		s.metrics.committed("receipt_capped", start, err)
 		if err != nil {
 			return false, err
 		}

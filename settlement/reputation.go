@@ -3,8 +3,11 @@ package settlement
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -78,6 +81,14 @@ type repInstance struct {
 	Capacity   int                    `json:"-"`                    // per its last announcement
 	InFlight   int                    `json:"-"`
 	Every      time.Duration          `json:"-"` // its announced heartbeat (p2p.Announcement.Every)
+	TokPerSec  float64                `json:"-"` // the node's measured rate, per its last announcement
+	// For its operator's dashboard, since the instance was first seen:
+	// what its calls earned (the ledger holds the exact transfers), its
+	// billed calls, and the calls gateways routed elsewhere while it was
+	// parked, below the floor or full (keyed by p2p.PassedParked, ...).
+	EarnedUcr int64            `json:"earned_ucr,omitempty"`
+	Calls     int64            `json:"calls,omitempty"`
+	Lost      map[string]int64 `json:"lost,omitempty"`
 }
 
 // onlineGap is the longest silence of in that still counts as online: a
@@ -131,7 +142,7 @@ func (r *Reputation) Announced(a *p2p.Announcement, now time.Time) (fresh bool) 
 			in.Window.AddOnline(r.cfg.Health, now, gap)
 		}
 		in.LastSeen = now
-		in.Capacity, in.InFlight, in.Every = m.Capacity, m.InFlight, a.Every()
+		in.Capacity, in.InFlight, in.Every, in.TokPerSec = m.Capacity, m.InFlight, a.Every(), a.TokPerSec
 	}
 	return fresh
 }
@@ -223,6 +234,71 @@ func (r *Reputation) Record(node, model string, e nodecore.Event, n uint32, now 
 	if in := r.instances[node+"/"+model]; in != nil {
 		in.Window.Record(r.cfg.Health, now, e, n)
 	}
+}
+
+// Paid counts a billed call of an instance and what its provider earned on it.
+func (r *Reputation) Paid(node, model string, earned int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if in := r.instances[node+"/"+model]; in != nil {
+		in.Calls++
+		in.EarnedUcr += earned
+	}
+}
+
+// PassedOver counts n calls a gateway routed elsewhere while the instance
+// was parked, below the floor or full (why: p2p.PassedParked, ...).
+func (r *Reputation) PassedOver(node, model, why string, n uint32) {
+	if n == 0 || (why != p2p.PassedParked && why != p2p.PassedFloor && why != p2p.PassedFull) {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if in := r.instances[node+"/"+model]; in != nil {
+		if in.Lost == nil {
+			in.Lost = map[string]int64{}
+		}
+		in.Lost[why] += int64(n)
+	}
+}
+
+// InstanceView is one of a node's instances as its operator sees it.
+type InstanceView struct {
+	Model      string           `json:"model"`
+	Live       bool             `json:"live"`
+	Capacity   int              `json:"capacity"`
+	InFlight   int              `json:"in_flight"`
+	TokPerSec  float64          `json:"tok_s"`
+	Score      float64          `json:"health_score"`
+	Ramp       float64          `json:"ramp"` // 0..1 of full capacity
+	SwitchedAt time.Time        `json:"switched_at,omitzero"`
+	LastSeen   time.Time        `json:"last_seen"`
+	EarnedUcr  int64            `json:"earned_ucr"`
+	Calls      int64            `json:"calls"`
+	Failures   uint64           `json:"failures"` // in the health window: calls gateways saw fail, failed probes
+	Lost       map[string]int64 `json:"lost_calls"`
+}
+
+// Node lists a node's instances, live or not, by model.
+func (r *Reputation) Node(node string, now time.Time) []InstanceView {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []InstanceView
+	for _, in := range r.nodes[node] {
+		counts, _ := in.Window.Totals(r.cfg.Health, now)
+		v := InstanceView{
+			Model: in.Model, Live: r.live(in, now), Capacity: in.Capacity, InFlight: in.InFlight, TokPerSec: in.TokPerSec,
+			Score: in.Window.Score(r.cfg.Health, now), Ramp: r.cfg.Ramp.Ramp(in.Window.FirstSeen, now),
+			SwitchedAt: in.SwitchedAt, LastSeen: in.LastSeen, EarnedUcr: in.EarnedUcr, Calls: in.Calls,
+			Failures: counts[nodecore.EventFailure] + counts[nodecore.EventProbeFail], Lost: maps.Clone(in.Lost),
+		}
+		if v.Lost == nil {
+			v.Lost = map[string]int64{}
+		}
+		out = append(out, v)
+	}
+	slices.SortFunc(out, func(a, b InstanceView) int { return strings.Compare(a.Model, b.Model) })
+	return out
 }
 
 // Scores returns every live instance's score and ramp at now, sorted.

@@ -556,3 +556,52 @@ func TestAnnouncedUnderAWideBudget(t *testing.T) {
 		t.Fatalf("online %v after a silence of two heartbeats, want %v", on, 3*every)
 	}
 }
+
+// What an operator sees of a node: per model its load, rate, health,
+// ramp-up, earnings and the calls it lost and why; kept across restarts.
+func TestReputationNodeView(t *testing.T) {
+	cfg := DefaultReputationConfig()
+	r := NewReputation(cfg)
+	a := announce("n", "a", "b")
+	a.TokPerSec = 42
+	a.Models[0].InFlight = 3
+	r.Announced(a, repT0)
+	r.Paid("n", "a", 800)
+	r.Paid("n", "a", 200)
+	r.Paid("ghost", "a", 1_000_000) // never announced: not tracked
+	r.PassedOver("n", "a", p2p.PassedFull, 5)
+	r.PassedOver("n", "a", p2p.PassedParked, 2)
+	r.PassedOver("n", "b", "made-up", 9) // not a reason: dropped
+	r.Record("n", "b", nodecore.EventFailure, 4, repT0)
+
+	got := r.Node("n", repT0.Add(time.Second))
+	if len(got) != 2 || got[0].Model != "a" || got[1].Model != "b" {
+		t.Fatalf("Node = %+v", got)
+	}
+	if g := got[0]; !g.Live || g.Calls != 2 || g.EarnedUcr != 1000 || g.TokPerSec != 42 || g.InFlight != 3 || g.Capacity != 4 ||
+		g.Lost[p2p.PassedFull] != 5 || g.Lost[p2p.PassedParked] != 2 || g.Ramp <= 0 || g.Ramp > 1 {
+		t.Fatalf("a = %+v", g)
+	}
+	if g := got[1]; len(g.Lost) != 0 || g.Failures != 4 || g.Calls != 0 {
+		t.Fatalf("b = %+v", g)
+	}
+	if r.Node("ghost", repT0) != nil {
+		t.Fatal("an unannounced node has instances")
+	}
+	// Offline after LiveFor of silence.
+	if got := r.Node("n", repT0.Add(cfg.LiveFor+time.Second)); got[0].Live {
+		t.Fatal("still live after a silence")
+	}
+	// The counters survive the snapshot.
+	path := filepath.Join(t.TempDir(), "rep.json")
+	if err := r.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	r2 := NewReputation(cfg)
+	if err := r2.Load(path); err != nil {
+		t.Fatal(err)
+	}
+	if g := r2.Node("n", repT0)[0]; g.EarnedUcr != 1000 || g.Calls != 2 || g.Lost[p2p.PassedFull] != 5 {
+		t.Fatalf("after reload a = %+v", g)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tokenrouter/tokenrouter/internal/openai"
 	"github.com/tokenrouter/tokenrouter/p2p"
@@ -116,8 +117,10 @@ type Settlement struct {
 	metrics  metrics
 	cloud    *cloudNodes // nil when hosted cloud nodes are off
 	claims   *p2p.ClaimVerifier
-	book     *claimBook // nodes' own claims, unreceipted calls, disputes
-	prober   *prober    // probes from rotating identities, shaped like consumers' calls
+	book     *claimBook    // nodes' own claims, unreceipted calls, disputes
+	prober   *prober       // probes from rotating identities, shaped like consumers' calls
+	revoked  *pubsub.Topic // API key revocations, for every gateway at once
+	sessions *sessions     // signed-in dashboard users
 }
 
 // New checks cfg and returns a settlement peer ready to Run.
@@ -138,6 +141,7 @@ func New(cfg Config) (*Settlement, error) {
 		reg:     prometheus.NewRegistry(),
 	}
 	s.metrics = newMetrics(s.reg)
+	s.watchMetrics()
 	s.intake = &intake{s: s, ch: make(chan *checked, maxCommitBatch)}
 	var err error
 	if s.claims, err = p2p.NewClaimVerifier(cfg.Host.Key); err != nil {
@@ -146,6 +150,10 @@ func New(cfg Config) (*Settlement, error) {
 	if s.prices, err = loadPriceHistory(cfg.PriceHistory, cfg.Prices, time.Now()); err != nil {
 		return nil, err
 	}
+	if s.revoked, err = joinRevoked(cfg.Host); err != nil {
+		return nil, fmt.Errorf("settlement: revocation topic: %w", err)
+	}
+	s.sessions = newSessions()
 	s.stopped = make(chan struct{})
 	s.book = newClaimBook()
 	s.prober = newProber(s)

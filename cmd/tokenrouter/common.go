@@ -12,6 +12,7 @@ type p2pFlags struct {
 	data      string
 	listen    []string
 	bootstrap []string
+	metrics   string
 }
 
 func (p *p2pFlags) register(cmd *cobra.Command, role string, listen []string) {
@@ -19,6 +20,8 @@ func (p *p2pFlags) register(cmd *cobra.Command, role string, listen []string) {
 	f.StringVar(&p.data, "data", defaultData(role), "data directory: identity key, state, and the addrs/peer-id/ready files scripts wait on")
 	f.StringArrayVar(&p.listen, "listen", listen, "libp2p multiaddr to listen on (repeatable)")
 	f.StringArrayVar(&p.bootstrap, "bootstrap", nil, "multiaddr of a bootstrap peer, with /p2p/<id> (repeatable)")
+	f.StringVar(&p.metrics, "metrics", "", "HOST:PORT of a listener serving only GET /metrics (Prometheus); the bound address is written to <data>/metrics-addr "+
+		"(gateway and settle also serve /metrics on --http)")
 }
 
 func (p *p2pFlags) common(g *globals) (launch.Common, error) {
@@ -26,7 +29,7 @@ func (p *p2pFlags) common(g *globals) (launch.Common, error) {
 	if err != nil {
 		return launch.Common{}, err
 	}
-	return launch.Common{Data: p.data, Listen: p.listen, Bootstrap: p.bootstrap, Logger: log}, nil
+	return launch.Common{Data: p.data, Listen: p.listen, Bootstrap: p.bootstrap, Metrics: p.metrics, Logger: log}, nil
 }
 
 // runE is the RunE of a libp2p role: build the common options from the

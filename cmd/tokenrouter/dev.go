@@ -84,6 +84,7 @@ func printBanner(m *launch.Mesh, o launch.MeshOptions, keyFile string) {
 	fmt.Fprintf(&b, "\nToken-Router dev mesh is up. The nodes run the SYNTHETIC engine: generated filler text, no GPU.\n\n")
 	fmt.Fprintf(&b, "  gateway     %s/v1  (OpenAI-compatible)\n", m.GatewayURL)
 	fmt.Fprintf(&b, "  settlement  %s  (accounts; peer %s)\n", m.SettleURL, m.PlatformID)
+	fmt.Fprintf(&b, "  dashboard   %s/  (sign up or sign in with the demo key; keys, nodes, the network)\n", m.SettleURL)
 	fmt.Fprintf(&b, "  bootstrap   %s\n", m.BootstrapAddr)
 	fmt.Fprintf(&b, "  nodes       %d x %s at %s\n", len(m.NodeIDs), strings.Join(o.Models, ", "), rate)
 	fmt.Fprintf(&b, "  demo key    %s (account %s)\n\n", keyFile, m.DemoID)

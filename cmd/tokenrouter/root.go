@@ -58,6 +58,7 @@ A flag given on the command line wins over the environment, which wins over the 
 		newDevCmd(g),
 		newLedgerCmd(g),
 		newSimCmd(g),
+		newStatusCmd(g),
 	)
 	return root
 }

@@ -324,8 +324,9 @@ func waitListed(t *testing.T, gw, key, model string) {
 }
 
 // startGateway starts one more gateway on the mesh and returns its URL as
-// soon as its HTTP API serves (before it has heard any node, maybe).
-func startGateway(t *testing.T, m *launch.Mesh) string {
+// soon as its HTTP API serves (before it has heard any node, maybe). tune,
+// when given, adjusts its configuration.
+func startGateway(t *testing.T, m *launch.Mesh, tune ...func(*gateway.Config)) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	dir := t.TempDir()
@@ -334,6 +335,11 @@ func startGateway(t *testing.T, m *launch.Mesh) string {
 		done <- launch.Gateway(ctx, launch.GatewayOptions{
 			Common:   launch.Common{Data: dir, Listen: []string{"/ip4/127.0.0.1/tcp/0"}, Bootstrap: []string{m.BootstrapAddr}},
 			Platform: m.PlatformID, HTTP: "127.0.0.1:0",
+			Tune: func(c *gateway.Config) {
+				for _, f := range tune {
+					f(c)
+				}
+			},
 		})
 	}()
 	t.Cleanup(func() { cancel(); <-done })

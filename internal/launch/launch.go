@@ -34,6 +34,9 @@ type Common struct {
 	Listen    []string
 	Bootstrap []string
 	Logger    *slog.Logger
+	// Metrics is where a listener of the role's own serves GET /metrics
+	// ("" = none; metrics.go).
+	Metrics string
 }
 
 func (c Common) logger() *slog.Logger {
@@ -78,6 +81,12 @@ func Bootstrap(ctx context.Context, c Common) error {
 	}
 	defer h.Close()
 	defer p2p.RemoveRunFiles(c.Data)
+	stopMetrics, err := c.serveMetrics(bootstrap.Metrics(h)) // metrics.go
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
+	defer serveStatus(ctx, c, h, bootstrapStatus(h))() // status.go
 	return bootstrap.Run(ctx, h, func() { ready(c.Data, c.logger(), "bootstrap") })
 }
 
@@ -166,6 +175,12 @@ func Settle(ctx context.Context, o SettleOptions) error {
 	if err != nil {
 		return err
 	}
+	stopMetrics, err := o.serveMetrics(s.Metrics()) // metrics.go
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
+	defer serveStatus(ctx, o.Common, h, settleStatus(s))() // status.go
 	return s.Run(ctx, func(addr string) {
 		if addr != "" {
 			if err := p2p.WriteHTTPAddr(o.Data, addr); err != nil {
@@ -241,6 +256,12 @@ func Node(ctx context.Context, o NodeOptions) error {
 	if err != nil {
 		return err
 	}
+	stopMetrics, err := o.serveMetrics(n.Metrics()) // metrics.go
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
+	defer serveStatus(ctx, o.Common, h, nodeStatus(n))() // status.go
 	return n.Run(ctx, func() { ready(o.Data, log, "node") })
 }
 
@@ -302,6 +323,12 @@ func Gateway(ctx context.Context, o GatewayOptions) error {
 	if err != nil {
 		return err
 	}
+	stopMetrics, err := o.serveMetrics(g.Metrics()) // metrics.go
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
+	defer serveStatus(ctx, o.Common, h, gatewayStatus(g))() // status.go
 	return g.Run(ctx, func(addr string) {
 		if err := p2p.WriteHTTPAddr(o.Data, addr); err != nil {
 			log.Error("cannot write http-addr", "err", err)

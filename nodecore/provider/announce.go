@@ -101,7 +101,12 @@ func (n *Node) publish(ctx context.Context, every time.Duration) {
 		n.log.Error("announce: marshal", "err", err)
 		return
 	}
-	if err := n.topic.Publish(ctx, data); err != nil && ctx.Err() == nil {
+	err = n.topic.Publish(ctx, data)
+	if ctx.Err() != nil {
+		return // stopping: not a failure to count or tell
+	}
+	n.metrics.announced(err)
+	if err != nil {
 		n.log.Warn("announce: publish", "err", err)
 	}
 }

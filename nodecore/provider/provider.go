@@ -17,6 +17,7 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tokenrouter/tokenrouter/internal/journal"
 	"github.com/tokenrouter/tokenrouter/nodecore"
 	"github.com/tokenrouter/tokenrouter/nodecore/engine"
@@ -178,6 +179,9 @@ type Node struct {
 	claims    *claimMemory
 	claimAuth *p2p.ClaimAuth // MACs each claim for the settlement peer
 	reporter  *claimReporter // sends the node's own claims to the settlement peer
+	stats     callStats      // what Stats reports (stats.go)
+	reg       *prometheus.Registry
+	metrics   metrics // what an operator scrapes (metrics.go)
 }
 
 // instance is one model this node serves, with its own capacity and load.
@@ -208,7 +212,7 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("provider: claim key for the settlement peer %s: %w", cfg.Platform, err)
 	}
-	return &Node{
+	n := &Node{
 		cfg:       cfg,
 		claimAuth: auth,
 		log:       log,
@@ -217,7 +221,9 @@ func New(cfg Config) (*Node, error) {
 		seq:       uint64(time.Now().UnixNano()),        // grows across restarts, so validators accept a restarted node
 		claims:    newClaimMemory(time.Hour, 1_000_000), // gateways ask for batch signatures within seconds
 		reporter:  newClaimReporter(cfg.Host, cfg.Platform, log, cfg.ClaimLog),
-	}, nil
+	}
+	n.initMetrics()
+	return n, nil
 }
 
 // Run discovers the engine's models, registers with the settlement peer,

@@ -54,6 +54,10 @@ type call struct {
 	mu sync.Mutex // guards w: a stream's lingering chunks are flushed by a timer
 
 	done bool // the call ended with its trailer: the stream may carry another
+
+	outcome callOutcome // how it ended, for Stats (stats.go)
+
+	start, firstData time.Time // the request, and the first chunk of its answer (metrics.go)
 }
 
 // frameRead is one frame read off a stream, or the error that ended it.
@@ -132,6 +136,9 @@ func (c *call) serve(parent context.Context, req []byte) (watched <-chan frameRe
 		h(c.gw, c.req)
 	}
 	n := c.n
+	defer n.stats.ended(c)
+	c.start = time.Now()
+	defer n.metrics.ended(n, c)
 	if !upstreamPaths[c.req.Path] {
 		return nil, c.refuse(http.StatusNotFound, "invalid_request_error", "unknown_endpoint", "this node does not serve "+c.req.Path)
 	}
@@ -259,6 +266,7 @@ func (c *call) answer(status int, body []byte, nodeFault bool) error {
 func (c *call) header(status int) error { return c.headerFault(status, false) }
 
 func (c *call) headerFault(status int, nodeFault bool) error {
+	c.outcome.status, c.outcome.nodeFault = status, nodeFault
 	h, _ := json.Marshal(p2p.InferHeader{Status: status, Node: c.n.cfg.Host.IDString(), NodeFault: nodeFault})
 	return c.write(p2p.FrameHeader, h)
 }
@@ -268,6 +276,7 @@ func (c *call) headerFault(status int, nodeFault bool) error {
 func (c *call) write(typ byte, payload []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.wrote(typ)
 	return p2p.WriteFrame(c.w, typ, payload)
 }
 
@@ -424,6 +433,7 @@ func (c *call) relayStream(ctx context.Context, body io.Reader, request []byte, 
 // settlement peer; the node remembers it to sign it again in a batch.
 func (c *call) trailer(claim p2p.NodeClaim) error {
 	claim, mac := c.sealed(claim)
+	c.outcome.claim = claim
 	t, _ := json.Marshal(p2p.Trailer{Claim: claim, MAC: mac})
 	if err := c.write(p2p.FrameTrailer, t); err != nil {
 		return err

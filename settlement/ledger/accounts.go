@@ -1,13 +1,18 @@
 package ledger
 
 import (
+	"bytes"
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base32"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
+	"time"
+	"unicode/utf8"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -42,7 +47,7 @@ func (l *Ledger) CreateAccount(grant int64) (AccountState, string, error) {
 		if err := t.accept(&p, nil, false); err != nil {
 			return err
 		}
-		t.keys[hash] = id
+		t.keys[hash] = keyRec{id, newKeyInfo(key, hash, "default", t.now)}
 		st = t.accts.vals[i]
 		return nil
 	})
@@ -78,30 +83,119 @@ func hashKey(key string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// NewAPIKey issues another API key for account: "trk_" + lowercase base32 of
-// 32 random bytes. Only its SHA-256 is stored; the plaintext is returned once.
-func (l *Ledger) NewAPIKey(account string) (string, error) {
+// MaxAPIKeys is how many API keys one account may hold at once.
+const MaxAPIKeys = 100
+
+// MaxKeyName is the longest name an API key may be given, in bytes.
+const MaxKeyName = 64
+
+// APIKeyInfo describes an API key without revealing it: its id (for
+// revoking), the start and end of the key as shown once, its name and when
+// it was made.
+type APIKeyInfo struct {
+	ID        string `json:"id"`
+	Prefix    string `json:"prefix"` // "trk_abcd…wxyz"
+	Name      string `json:"name"`
+	CreatedMs int64  `json:"created_ms"`
+}
+
+// keyRec is a stored API key: its account and description.
+type keyRec struct {
+	account string
+	info    APIKeyInfo
+}
+
+// keyID is an API key's public id: the start of its hash.
+func keyID(hash string) string { return "key_" + hash[:16] }
+
+func newKeyInfo(key, hash, name string, now time.Time) APIKeyInfo {
+	return APIKeyInfo{ID: keyID(hash), Prefix: key[:len(APIKeyPrefix)+4] + "…" + key[len(key)-4:], Name: name, CreatedMs: now.UnixMilli()}
+}
+
+// encode stores the account, a NUL, then the description as JSON. Ledgers
+// written before keys had descriptions hold the account alone.
+func (r keyRec) encode() []byte {
+	info, _ := json.Marshal(r.info)
+	return append(append([]byte(r.account), 0), info...)
+}
+
+func decodeKeyRec(hash string, v []byte) keyRec {
+	acct, info, found := bytes.Cut(v, []byte{0})
+	r := keyRec{account: string(acct)}
+	if !found || json.Unmarshal(info, &r.info) != nil || r.info.ID == "" {
+		r.info = APIKeyInfo{ID: keyID(hash), Prefix: APIKeyPrefix + "…", Name: "default"}
+	}
+	return r
+}
+
+// NewAPIKey issues another API key for account, named name: "trk_" +
+// lowercase base32 of 32 random bytes. Only its SHA-256 is stored; the
+// plaintext is returned once.
+func (l *Ledger) NewAPIKey(account, name string) (string, APIKeyInfo, error) {
+	if len(name) > MaxKeyName || !utf8.ValidString(name) {
+		return "", APIKeyInfo{}, fmt.Errorf("%w: a key name is at most %d bytes of UTF-8", ErrInvalid, MaxKeyName)
+	}
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
 	if err := l.writable(); err != nil {
-		return "", err
+		return "", APIKeyInfo{}, err
 	}
 	if _, ok := l.w.accounts[account]; !ok {
-		return "", fmt.Errorf("%w: %q", ErrUnknownAccount, account)
+		return "", APIKeyInfo{}, fmt.Errorf("%w: %q", ErrUnknownAccount, account)
+	}
+	if n := len(l.APIKeys(account)); n >= MaxAPIKeys {
+		return "", APIKeyInfo{}, fmt.Errorf("%w: an account holds at most %d API keys; revoke one first", ErrInvalid, MaxAPIKeys)
 	}
 	key, hash := newAPIKey()
-	if err := l.db.Set(apiKeyKey(hash), []byte(account), pebble.Sync); err != nil {
-		return "", fmt.Errorf("ledger: store api key: %w", err)
+	rec := keyRec{account, newKeyInfo(key, hash, name, l.now())}
+	if err := l.db.Set(apiKeyKey(hash), rec.encode(), pebble.Sync); err != nil {
+		return "", APIKeyInfo{}, fmt.Errorf("ledger: store api key: %w", err)
 	}
 	l.mu.Lock()
-	l.keys[hash] = account
+	l.keys[hash] = rec
 	l.mu.Unlock()
-	return key, nil
+	return key, rec.info, nil
+}
+
+// APIKeys lists account's keys, oldest first.
+func (l *Ledger) APIKeys(account string) []APIKeyInfo {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	var out []APIKeyInfo
+	for _, r := range l.keys {
+		if r.account == account {
+			out = append(out, r.info)
+		}
+	}
+	slices.SortFunc(out, func(a, b APIKeyInfo) int {
+		return cmp.Or(cmp.Compare(a.CreatedMs, b.CreatedMs), cmp.Compare(a.ID, b.ID))
+	})
+	return out
 }
 
 // RevokeAPIKey removes key if it belongs to account; otherwise it returns
-// ErrUnknownKey (or ErrUnknownAccount for an unknown account).
-func (l *Ledger) RevokeAPIKey(account, key string) error {
+// ErrUnknownKey (or ErrUnknownAccount for an unknown account). It returns
+// the key's hash, which gateways cache the key under.
+func (l *Ledger) RevokeAPIKey(account, key string) (string, error) {
+	hash := hashKey(key)
+	return hash, l.revoke(account, func(h string, _ keyRec) bool { return h == hash })
+}
+
+// RevokeAPIKeyID removes the key with the public id id if it belongs to
+// account, and returns its hash.
+func (l *Ledger) RevokeAPIKeyID(account, id string) (string, error) {
+	var hash string
+	err := l.revoke(account, func(h string, r keyRec) bool {
+		if r.info.ID == id {
+			hash = h
+			return true
+		}
+		return false
+	})
+	return hash, err
+}
+
+func (l *Ledger) revoke(account string, match func(hash string, r keyRec) bool) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
 	if err := l.writable(); err != nil {
@@ -110,11 +204,16 @@ func (l *Ledger) RevokeAPIKey(account, key string) error {
 	if _, ok := l.w.accounts[account]; !ok {
 		return fmt.Errorf("%w: %q", ErrUnknownAccount, account)
 	}
-	hash := hashKey(key)
+	hash := ""
 	l.mu.RLock()
-	owner := l.keys[hash]
+	for h, r := range l.keys {
+		if r.account == account && match(h, r) {
+			hash = h
+			break
+		}
+	}
 	l.mu.RUnlock()
-	if owner != account {
+	if hash == "" {
 		return ErrUnknownKey
 	}
 	if err := l.db.Delete(apiKeyKey(hash), pebble.Sync); err != nil {
@@ -131,12 +230,24 @@ func (l *Ledger) AccountByKey(key string) (string, error) {
 	hash := hashKey(key)
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	acct, ok := l.keys[hash]
+	r, ok := l.keys[hash]
 	if !ok {
 		return "", ErrUnknownKey
 	}
-	return acct, nil
+	return r.account, nil
 }
+
+// AccountByKeyHash is AccountByKey for a key known by its hash (a signed-in
+// dashboard session keeps the hash, not the key).
+func (l *Ledger) AccountByKeyHash(hash string) (string, bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	r, ok := l.keys[hash]
+	return r.account, ok
+}
+
+// KeyHash is the hash an API key is stored, cached and revoked under.
+func KeyHash(key string) string { return hashKey(key) }
 
 // Account returns an account's state, or ErrUnknownAccount.
 func (l *Ledger) Account(id string) (AccountState, error) {

@@ -96,7 +96,7 @@ type txn struct {
 
 	accts overlay[AccountState]
 	holds overlay[holdRec]
-	keys  map[string]string   // API key hashes added -> account
+	keys  map[string]keyRec   // API key hashes added -> account and the key's description
 	idem  map[string][32]byte // idempotency keys applied by this txn
 
 	firstSeq, nextSeq     uint64
@@ -312,7 +312,7 @@ type pendingTx struct {
 func (l *Ledger) newTxn() *txn {
 	t, _ := l.txns.Get().(*txn)
 	if t == nil {
-		t = &txn{l: l, keys: map[string]string{}, idem: map[string][32]byte{},
+		t = &txn{l: l, keys: map[string]keyRec{}, idem: map[string][32]byte{},
 			txSum: sha256.New(), evSum: sha256.New()}
 	}
 	t.now = l.now().UTC()
@@ -467,8 +467,8 @@ func (t *txn) finish() error {
 			return err
 		}
 	}
-	for hash, acct := range t.keys {
-		if err := t.set(apiKeyKey(hash), []byte(acct)); err != nil {
+	for hash, rec := range t.keys {
+		if err := t.set(apiKeyKey(hash), rec.encode()); err != nil {
 			return err
 		}
 	}
@@ -590,8 +590,8 @@ func (l *Ledger) run(build func(t *txn) error) error {
 	} else {
 		l.mu.Lock()
 		t.applyTo(&l.pub)
-		for hash, acct := range t.keys {
-			l.keys[hash] = acct
+		for hash, rec := range t.keys {
+			l.keys[hash] = rec
 		}
 		l.mu.Unlock()
 	}

@@ -157,7 +157,7 @@ type Ledger struct {
 	// exclusively so no reader uses the DB while it closes.
 	mu    sync.RWMutex
 	pub   state
-	keys  map[string]string // sha256 hex of an API key -> account
+	keys  map[string]keyRec // sha256 hex of an API key -> its account and description
 	nodes map[string]string // peer id -> account
 
 	txns sync.Pool // *txn
@@ -222,7 +222,7 @@ func Open(dir string, opts Options) (*Ledger, error) {
 		signer:      opts.Signer,
 		linkVersion: opts.linkVersion,
 		pub:         newState(),
-		keys:        map[string]string{},
+		keys:        map[string]keyRec{},
 		nodes:       map[string]string{},
 		tail:        &ticket{done: make(chan struct{})},
 	}
@@ -283,7 +283,7 @@ func (l *Ledger) load() error {
 	}
 	if err == nil {
 		err = scanPrefix(l.db, prefixAPIKey, func(k string, v []byte) error {
-			l.keys[k] = string(v)
+			l.keys[k] = decodeKeyRec(k, v)
 			return nil
 		})
 	}
@@ -307,9 +307,9 @@ func (l *Ledger) load() error {
 	if s.head, err = lastLink(l.db); err != nil {
 		return err
 	}
-	for k, acct := range l.keys {
-		if _, ok := s.accounts[acct]; !ok {
-			return fmt.Errorf("%w: api key %s… points at unknown account %q", ErrCorrupt, k[:min(8, len(k))], acct)
+	for k, rec := range l.keys {
+		if _, ok := s.accounts[rec.account]; !ok {
+			return fmt.Errorf("%w: api key %s… points at unknown account %q", ErrCorrupt, k[:min(8, len(k))], rec.account)
 		}
 	}
 	for peer, acct := range l.nodes {

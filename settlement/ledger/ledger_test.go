@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -270,14 +271,26 @@ func TestAPIKeys(t *testing.T) {
 	l := openLedger(t, fs, "db")
 	a, k1 := mustCreate(t, l, 10)
 	b, _ := mustCreate(t, l, 10)
-	k2, err := l.NewAPIKey(a.ID)
+	k2, info2, err := l.NewAPIKey(a.ID, "laptop <b>")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if info2.Name != "laptop <b>" || info2.Prefix != k2[:8]+"…"+k2[len(k2)-4:] || info2.ID != keyID(hashKey(k2)) {
+		t.Fatalf("key info = %+v", info2)
+	}
+	if _, _, err := l.NewAPIKey(a.ID, strings.Repeat("x", MaxKeyName+1)); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("NewAPIKey(long name) err = %v", err)
+	}
+	if keys := l.APIKeys(a.ID); len(keys) != 2 || !slices.Contains(keys, info2) {
+		t.Fatalf("APIKeys = %+v", keys)
+	}
+	if keys := l.APIKeys(b.ID); len(keys) != 1 || keys[0].ID == info2.ID {
+		t.Fatalf("APIKeys(b) = %+v", keys)
 	}
 	if k1 == k2 {
 		t.Fatal("duplicate api key")
 	}
-	if _, err := l.NewAPIKey("acct_missing"); !errors.Is(err, ErrUnknownAccount) {
+	if _, _, err := l.NewAPIKey("acct_missing", ""); !errors.Is(err, ErrUnknownAccount) {
 		t.Fatalf("NewAPIKey(unknown) err = %v", err)
 	}
 	for _, k := range []string{k1, k2} {
@@ -290,20 +303,23 @@ func TestAPIKeys(t *testing.T) {
 	if _, err := l.AccountByKey("trk_nope"); !errors.Is(err, ErrUnknownKey) {
 		t.Fatalf("unknown key err = %v", err)
 	}
-	if err := l.RevokeAPIKey(b.ID, k1); !errors.Is(err, ErrUnknownKey) {
+	if _, err := l.RevokeAPIKey(b.ID, k1); !errors.Is(err, ErrUnknownKey) {
 		t.Fatalf("revoke by other account err = %v", err)
 	}
-	if err := l.RevokeAPIKey("acct_missing", k1); !errors.Is(err, ErrUnknownAccount) {
+	if _, err := l.RevokeAPIKey("acct_missing", k1); !errors.Is(err, ErrUnknownAccount) {
 		t.Fatalf("revoke by unknown account err = %v", err)
 	}
-	if err := l.RevokeAPIKey(a.ID, k1); err != nil {
-		t.Fatal(err)
+	if hash, err := l.RevokeAPIKey(a.ID, k1); err != nil || hash != KeyHash(k1) {
+		t.Fatal(hash, err)
 	}
 	if _, err := l.AccountByKey(k1); !errors.Is(err, ErrUnknownKey) {
 		t.Fatalf("revoked key err = %v", err)
 	}
-	if err := l.RevokeAPIKey(a.ID, k1); !errors.Is(err, ErrUnknownKey) {
+	if _, err := l.RevokeAPIKey(a.ID, k1); !errors.Is(err, ErrUnknownKey) {
 		t.Fatalf("double revoke err = %v", err)
+	}
+	if _, err := l.RevokeAPIKeyID(b.ID, info2.ID); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("revoke another account's key by id err = %v", err)
 	}
 	checkInvariants(t, l)
 
@@ -318,7 +334,30 @@ func TestAPIKeys(t *testing.T) {
 	if acct, err := l.AccountByKey(k2); err != nil || acct != a.ID {
 		t.Fatalf("AccountByKey after reopen = %q, %v", acct, err)
 	}
+	if keys := l.APIKeys(a.ID); len(keys) != 1 || keys[0] != info2 {
+		t.Fatalf("APIKeys after reopen = %+v", keys)
+	}
 	assertNotStored(t, l, k1, k2)
+	if hash, err := l.RevokeAPIKeyID(a.ID, info2.ID); err != nil || hash != KeyHash(k2) {
+		t.Fatal(hash, err)
+	}
+	if _, err := l.AccountByKey(k2); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("key revoked by id err = %v", err)
+	}
+}
+
+// A key stored before keys had descriptions (the account alone) still
+// works and lists with its id.
+func TestLegacyAPIKeyRecord(t *testing.T) {
+	hash := hashKey("trk_old")
+	r := decodeKeyRec(hash, []byte("acct_0123456789abcdef"))
+	if r.account != "acct_0123456789abcdef" || r.info.ID != keyID(hash) {
+		t.Fatalf("legacy record = %+v", r)
+	}
+	r2 := decodeKeyRec(hash, keyRec{"acct_1", APIKeyInfo{ID: "key_x", Prefix: "trk_abcd…wxyz", Name: "n", CreatedMs: 7}}.encode())
+	if r2.account != "acct_1" || r2.info.Name != "n" || r2.info.CreatedMs != 7 {
+		t.Fatalf("record = %+v", r2)
+	}
 }
 
 // assertNotStored scans every key and value in the store for the plaintext
