@@ -33,6 +33,7 @@ var dashboardTmpl = template.Must(template.New("").Funcs(template.FuncMap{
 	"ms":      func(ms int64) string { return time.UnixMilli(ms).UTC().Format("2006-01-02 15:04") },
 	"when":    func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05") },
 	"div":     func(a, b int) float64 { return float64(a) / float64(b) },
+	"lost":    lostText,
 }).ParseFS(webFiles, "web/*.html"))
 
 // displayCredits shows µcr as credits with at least two decimals and as
@@ -45,6 +46,22 @@ func displayCredits(ucr int64) string {
 		s += strings.Repeat("0", dot+3-len(s))
 	}
 	return s
+}
+
+// lostText says why a node lost calls: "7 while full, 2 below the floor".
+func lostText(lost map[string]int64) string {
+	var parts []string
+	for _, why := range []struct{ key, words string }{
+		{p2p.PassedParked, "parked (breaker open)"}, {p2p.PassedFloor, "below the 5 tok/s floor"}, {p2p.PassedFull, "while full"},
+	} {
+		if n := lost[why.key]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, why.words))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
 }
 
 // maxFormBody bounds a dashboard form post.

@@ -529,3 +529,99 @@ func TestTxRows(t *testing.T) {
 		}
 	}
 }
+
+// A cloud-account node registered from the dashboard: what was typed comes
+// back escaped, the token never comes back, and another account cannot
+// delete the node.
+func TestDashboardCloudNode(t *testing.T) {
+	token := randomToken()
+	eng := newAuthEngine(t, token)
+	p, err := startCloudPeer(t, t.TempDir(), newHost(t).FullAddrs()[0], "", io.Discard, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, account := p.signup(t)
+	b := newBrowser(t, p.url)
+	b.post("/signin", b.token("/"), url.Values{"api_key": {key}})
+	register := func(form url.Values) string {
+		t.Helper()
+		if resp, _ := b.post("/nodes/cloud", b.token("/"), form); resp.StatusCode != http.StatusSeeOther {
+			t.Fatalf("POST /nodes/cloud = %d", resp.StatusCode)
+		}
+		_, body := b.get("/")
+		if strings.Contains(body, token) {
+			t.Fatalf("the page shows the token:\n%s", body)
+		}
+		return body
+	}
+	body := register(url.Values{"base_url": {eng.baseURL()}, "api_token": {token}, "models": {`<script>alert(1)</script>`}})
+	if !strings.Contains(body, "&lt;script&gt;alert(1)&lt;/script&gt;") || strings.Contains(body, "<script>alert") {
+		t.Fatalf("the model name is not escaped:\n%s", body)
+	}
+	body = register(url.Values{"base_url": {eng.baseURL()}, "api_token": {"sk-wrong-" + token[8:]}, "models": {""}})
+	if !strings.Contains(body, "refused the API token") || strings.Contains(body, token[8:]) {
+		t.Fatalf("wrong token: no error, or the page quotes it:\n%s", body)
+	}
+	body = register(url.Values{"base_url": {eng.baseURL()}, "api_token": {token}, "models": {""}, "capacity": {"2"}})
+	nodes := p.cloudNodes(t, key)
+	if len(nodes) != 1 || !strings.Contains(body, "registered") || !strings.Contains(body, `data-cloud-id="`+nodes[0].ID+`"`) {
+		t.Fatalf("cloud nodes %+v; page:\n%s", nodes, body)
+	}
+	if nodes[0].Capacity != 2 || nodes[0].Account != account {
+		t.Fatalf("node = %+v", nodes[0])
+	}
+	// Another account cannot delete it.
+	mallory := newBrowser(t, p.url)
+	mallory.signup()
+	mallory.post("/nodes/cloud/"+nodes[0].ID+"/delete", mallory.token("/"), nil)
+	if _, body := mallory.get("/"); !strings.Contains(body, "no such cloud node on your account") || strings.Contains(body, nodes[0].ID) {
+		t.Fatalf("mallory's page:\n%s", body)
+	}
+	if got := p.cloudNodes(t, key); len(got) != 1 {
+		t.Fatal("another account deleted the cloud node")
+	}
+	// Its owner can.
+	b.post("/nodes/cloud/"+nodes[0].ID+"/delete", b.token("/"), nil)
+	if got := p.cloudNodes(t, key); len(got) != 0 {
+		t.Fatalf("the owner could not delete it: %+v", got)
+	}
+}
+
+// A gateway's report of the calls it passed a node over for reaches the
+// node's operator: GET /v1/nodes and the dashboard.
+func TestLostCallsReachTheOperator(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.SignupLimit = 0 })
+	opKey, _ := f.signup(t)
+	_, consumer := f.signup(t)
+	f.register(t, opKey)
+	node := f.node.ID().String()
+	f.s.rep.Announced(announce(node, "llama-3-8b"), time.Now())
+	report := &p2p.SettleRequest{Op: p2p.OpReport, Reports: []p2p.OutcomeReport{{Node: node, Model: "llama-3-8b",
+		PassedOver: map[string]uint32{p2p.PassedFull: 7, p2p.PassedFloor: 2}}}}
+	// A peer without a grant may not speak about nodes.
+	if _, err := f.call(t, f.gw, report); err != nil {
+		t.Fatal(err)
+	}
+	if lost := f.s.rep.Node(node, time.Now())[0].Lost; len(lost) != 0 {
+		t.Fatalf("an ungranted peer's report counted: %v", lost)
+	}
+	f.grant(t, f.gw, consumer)
+	if _, err := f.call(t, f.gw, report); err != nil {
+		t.Fatal(err)
+	}
+	code, body := f.get(t, "/v1/nodes", opKey)
+	var nodes struct {
+		Data []nodeView `json:"data"`
+	}
+	if err := json.Unmarshal(body, &nodes); code != http.StatusOK || err != nil || len(nodes.Data) != 1 || len(nodes.Data[0].Models) != 1 {
+		t.Fatalf("GET /v1/nodes = %d %s", code, body)
+	}
+	if lost := nodes.Data[0].Models[0].Lost; lost[p2p.PassedFull] != 7 || lost[p2p.PassedFloor] != 2 {
+		t.Fatalf("lost calls = %v", lost)
+	}
+	b := newBrowser(t, f.srv.URL)
+	b.post("/signin", b.token("/"), url.Values{"api_key": {opKey}})
+	if _, page := b.get("/"); !strings.Contains(page, "2 below the 5 tok/s floor, 7 while full") {
+		t.Fatalf("the dashboard does not show the lost calls:\n%s", page)
+	}
+}
