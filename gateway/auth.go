@@ -19,6 +19,13 @@ const staleAuth = 10 * time.Minute
 // errUnknownKey means settlement does not know the API key.
 var errUnknownKey = errors.New("gateway: invalid API key")
 
+// errNodeKey means the key is a node's: it cannot pay for calls.
+var errNodeKey = errors.New("gateway: a node's API key cannot pay for calls")
+
+// nodeKeyMessage is what a caller with a node's key is told.
+const nodeKeyMessage = "this API key is a node's: it links the node to its account and reads the account, " +
+	"and cannot pay for calls; use a key of the account"
+
 // authCache remembers which account an API key belongs to and its balance,
 // for ttl, keyed by the key's hash (the plaintext is not kept).
 type authCache struct {
@@ -35,7 +42,8 @@ type authCache struct {
 }
 
 type authEntry struct {
-	account *p2p.AccountInfo // nil: settlement said the key is unknown
+	account *p2p.AccountInfo // nil: settlement said the key is unknown, or a node's (nodeKey)
+	nodeKey bool
 	grant   *p2p.Grant       // lets this gateway bill the account
 	fetched time.Time
 	spent   int64 // µcr this gateway charged since fetched
@@ -73,6 +81,9 @@ func (a *authCache) check(ctx context.Context, key string) (auth, error) {
 	e := a.entries[sum]
 	if e != nil && time.Since(e.fetched) < a.ttl {
 		defer a.mu.Unlock()
+		if e.nodeKey {
+			return auth{}, errNodeKey
+		}
 		if e.account == nil {
 			return auth{}, errUnknownKey
 		}
@@ -89,12 +100,16 @@ func (a *authCache) check(ctx context.Context, key string) (auth, error) {
 	})
 	f, _ := v.(fetched)
 	info, grant := f.info, f.grant
-	if err != nil && !errors.Is(err, errUnknownKey) {
+	if err != nil && !errors.Is(err, errUnknownKey) && !errors.Is(err, errNodeKey) {
 		// Settlement is out of reach: a key it confirmed recently still
-		// spends on its credit line (the line itself bounds the spending).
+		// spends on its credit line (the line itself bounds the spending),
+		// unless it was revoked meanwhile (revoke drops the entry).
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		if e != nil && e.account != nil && time.Since(e.fetched) < staleAuth {
+		if _, revoked := a.revoked[sum]; revoked {
+			return auth{}, errUnknownKey
+		}
+		if e != nil && a.entries[sum] == e && e.account != nil && time.Since(e.fetched) < staleAuth {
 			return auth{e.account.Account, e.account.BalanceUcr - e.spent, e.grant}, nil
 		}
 		return auth{}, err
@@ -107,7 +122,11 @@ func (a *authCache) check(ctx context.Context, key string) (auth, error) {
 	if len(a.entries) > 100_000 {
 		clear(a.entries) // bounded; a cleared cache only costs a lookup
 	}
-	a.entries[sum] = &authEntry{account: info, grant: grant, fetched: time.Now()}
+	nodeKey := errors.Is(err, errNodeKey)
+	a.entries[sum] = &authEntry{account: info, grant: grant, fetched: time.Now(), nodeKey: nodeKey}
+	if nodeKey {
+		return auth{}, errNodeKey
+	}
 	if info == nil {
 		return auth{}, errUnknownKey
 	}
@@ -140,6 +159,9 @@ func (a *authCache) fetch(ctx context.Context, key string) (*p2p.AccountInfo, *p
 	var rpcErr *p2p.RPCError
 	if errors.As(err, &rpcErr) && rpcErr.Code == p2p.CodeUnknownKey {
 		return nil, nil, errUnknownKey
+	}
+	if errors.As(err, &rpcErr) && rpcErr.Code == p2p.CodeKeyScope {
+		return nil, nil, errNodeKey
 	}
 	if err != nil {
 		return nil, nil, err

@@ -55,6 +55,9 @@ func (g *Gateway) authorize(w http.ResponseWriter, r *http.Request) (key string,
 	case errors.Is(err, errUnknownKey):
 		openai.WriteError(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "invalid API key")
 		return "", false
+	case errors.Is(err, errNodeKey):
+		openai.WriteError(w, http.StatusForbidden, "permission_error", "", "key_scope", nodeKeyMessage)
+		return "", false
 	case err != nil:
 		w.Header().Set("Retry-After", "2")
 		openai.WriteError(w, http.StatusServiceUnavailable, "server_error", "", "settlement_unavailable", "the settlement peer cannot be reached; retry shortly")

@@ -50,6 +50,8 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request, path, r
 	switch {
 	case errors.Is(err, errUnknownKey):
 		return fail(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "invalid API key")
+	case errors.Is(err, errNodeKey):
+		return fail(w, http.StatusForbidden, "permission_error", "", "key_scope", nodeKeyMessage)
 	case err != nil:
 		g.log.Warn("settlement unreachable for an API key check", "err", err)
 		w.Header().Set("Retry-After", "2")

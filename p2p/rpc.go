@@ -14,16 +14,19 @@ import (
 
 // Settlement operations on /tokenrouter/settle/1.
 const (
-	OpAuth     = "auth"          // api key -> account (with balance)
-	OpAccount  = "account"       // api key -> account state
-	OpPrices   = "prices"        // -> price table
-	OpReceipt  = "receipt"       // receipt -> applied or duplicate
-	OpReceipts = "receipts"      // a batch of receipts -> one result each
-	OpRegister = "register_node" // node registration -> account
-	OpReport   = "report"        // gateway -> outcomes it saw per instance
-	OpHold     = "hold"          // gateway -> take or top up a credit-line hold on an account
-	OpRelease  = "release"       // gateway -> give a hold's rest back
-	OpScores   = "scores"        // -> the current health report
+	OpAuth    = "auth"    // api key -> account (with balance)
+	OpAccount = "account" // api key -> account state and a grant to bill it (gateways)
+	// OpAccountView reads the key's account and nothing more: no grant, and
+	// the asker is not taken for a gateway. A node's key may ask it.
+	OpAccountView = "account_view"
+	OpPrices      = "prices"        // -> price table
+	OpReceipt     = "receipt"       // receipt -> applied or duplicate
+	OpReceipts    = "receipts"      // a batch of receipts -> one result each
+	OpRegister    = "register_node" // node registration -> account
+	OpReport      = "report"        // gateway -> outcomes it saw per instance
+	OpHold        = "hold"          // gateway -> take or top up a credit-line hold on an account
+	OpRelease     = "release"       // gateway -> give a hold's rest back
+	OpScores      = "scores"        // -> the current health report
 	// OpClaims: node -> its own claims for calls it served, each as a
 	// receipt the node built from its claim and the call's grant and hold
 	// (Receipts; no gateway signature) -> one result each. Settlement bills
@@ -34,6 +37,7 @@ const (
 // RPC error codes, stable for callers to switch on.
 const (
 	CodeUnknownKey   = "invalid_api_key"
+	CodeKeyScope     = "key_scope" // a node's key, asked to pay for calls
 	CodeInsufficient = "insufficient_credits"
 	CodeConflict     = "conflict"
 	CodeInvalid      = "invalid_request"

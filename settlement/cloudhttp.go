@@ -58,7 +58,7 @@ const (
 // cloudOn resolves the caller's account and checks hosted nodes are on,
 // writing the error itself when not.
 func (s *Settlement) cloudOn(w http.ResponseWriter, r *http.Request) (string, bool) {
-	account, ok := s.keyAccount(w, r)
+	account, ok := s.managingAccount(w, r)
 	if !ok {
 		return "", false
 	}

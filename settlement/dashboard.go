@@ -342,14 +342,18 @@ func (s *Settlement) formSignin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	key := strings.TrimSpace(r.PostFormValue("api_key"))
-	account, err := s.led.AccountByKey(key)
-	if err != nil {
-		p := &page{Title: "Token-Router", Error: "That API key is not valid (or it was revoked)."}
+	k, ok := s.led.KeyByHash(ledger.KeyHash(key))
+	if !ok || k.Scope != ledger.ScopeAccount {
+		msg := "That API key is not valid (or it was revoked)."
+		if ok {
+			msg = "That key is a node's: it links the node to your account and reads it, but cannot sign in. Sign in with a key of the account."
+		}
+		p := &page{Title: "Token-Router", Error: msg}
 		s.publicData(p, time.Now())
 		s.render(w, r, http.StatusUnauthorized, p)
 		return
 	}
-	s.sessions.start(w, r, account, ledger.KeyHash(key), time.Now())
+	s.sessions.start(w, r, k.Account, ledger.KeyHash(key), time.Now())
 	back(w, r, "top")
 }
 
@@ -363,7 +367,7 @@ func (s *Settlement) formCreateKey(w http.ResponseWriter, r *http.Request, sess 
 	if name == "" {
 		name = "key"
 	}
-	key, info, err := s.createKey(sess.account, name)
+	key, info, err := s.createKey(sess.account, name, ledger.ScopeAccount)
 	if err != nil {
 		s.sessions.setFlash(sess, &flash{Error: keyProblem(err)})
 	} else {
@@ -384,6 +388,8 @@ func (s *Settlement) formRevokeKey(w http.ResponseWriter, r *http.Request, sess 
 
 func keyProblem(err error) string {
 	switch {
+	case errors.Is(err, errKeyChurn):
+		return "Too many key changes: " + err.Error() + "."
 	case errors.Is(err, ledger.ErrUnknownKey):
 		return "There is no such key on your account."
 	case errors.Is(err, ledger.ErrInvalid):
@@ -395,7 +401,7 @@ func keyProblem(err error) string {
 // formRegisterNode makes a key for a new node and shows the command line
 // that runs it, key filled in, once.
 func (s *Settlement) formRegisterNode(w http.ResponseWriter, r *http.Request, sess *session) {
-	key, info, err := s.createKey(sess.account, "node")
+	key, info, err := s.createKey(sess.account, "node", ledger.ScopeNode)
 	if err != nil {
 		s.sessions.setFlash(sess, &flash{Error: keyProblem(err)})
 		back(w, r, "nodes")

@@ -134,19 +134,40 @@ func (s *Settlement) getTransactions(w http.ResponseWriter, r *http.Request) {
 	}{"list", account, txs, next != "", next})
 }
 
-// keyAccount resolves the bearer key, writing the error itself when it fails.
+// keyAccount resolves the bearer key (of any scope: reading an account is
+// what a node's key is for), writing the error itself when it fails.
 func (s *Settlement) keyAccount(w http.ResponseWriter, r *http.Request) (string, bool) {
+	k, ok := s.bearerKey(w, r)
+	return k.Account, ok
+}
+
+// managingAccount is keyAccount for what changes the account (its keys,
+// its hosted nodes): a node's key is refused.
+func (s *Settlement) managingAccount(w http.ResponseWriter, r *http.Request) (string, bool) {
+	k, ok := s.bearerKey(w, r)
+	if ok && k.Scope != ledger.ScopeAccount {
+		openai.WriteError(w, http.StatusForbidden, "permission_error", "", "key_scope", nodeKeyMessage)
+		return "", false
+	}
+	return k.Account, ok
+}
+
+// nodeKeyMessage says what a node's key cannot do.
+const nodeKeyMessage = "this API key is a node's: it links the node to its account and reads the account, " +
+	"and cannot pay for calls, sign in or manage keys and nodes; use a key of the account"
+
+func (s *Settlement) bearerKey(w http.ResponseWriter, r *http.Request) (ledger.KeyRecord, bool) {
 	key, ok := openai.BearerKey(r)
 	if !ok {
 		openai.WriteError(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "missing API key: send Authorization: Bearer <key>")
-		return "", false
+		return ledger.KeyRecord{}, false
 	}
-	account, err := s.led.AccountByKey(key)
-	if err != nil {
+	k, ok := s.led.KeyByHash(ledger.KeyHash(key))
+	if !ok {
 		openai.WriteError(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "invalid API key")
-		return "", false
+		return ledger.KeyRecord{}, false
 	}
-	return account, true
+	return k, true
 }
 
 // nodeView is one of an account's nodes as the platform sees it.

@@ -333,7 +333,7 @@ func (in *intake) commit(batch []*checked) {
 		if errors.Is(res.Err, ledger.ErrInsufficientFunds) {
 			// The consumer (or, rarely, the bounty pool) could not cover it:
 			// charge what is there, on its own.
-			res.Applied, res.Err = in.capped(c, now)
+			res.Applied, res.Err = in.capped(c, &legs[i], now)
 		}
 		switch {
 		case c.claim:
@@ -361,8 +361,8 @@ func (in *intake) commit(batch []*checked) {
 
 // capped settles a receipt its consumer cannot fully cover: what is
 // available (and left on its hold) is charged, never more. A balance never
-// goes below zero.
-func (in *intake) capped(c *checked, now time.Time) (bool, error) {
+// goes below zero. posted becomes the legs it billed.
+func (in *intake) capped(c *checked, posted *economy.Legs, now time.Time) (bool, error) {
 	s := in.s
 	for range 3 {
 		a, err := s.led.Account(c.r.Consumer)
@@ -385,6 +385,7 @@ func (in *intake) capped(c *checked, now time.Time) (bool, error) {
 			return false, err
 		}
 		if !errors.Is(res[0].Err, ledger.ErrInsufficientFunds) {
+			*posted = l // what was billed, for the metrics and the node's earnings
 			return res[0].Applied, res[0].Err
 		}
 	}

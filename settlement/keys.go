@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -15,11 +16,21 @@ import (
 	"github.com/tokenrouter/tokenrouter/settlement/ledger"
 )
 
+// maxKeyChanges bounds the keys an account creates and revokes an hour:
+// each revocation goes to every gateway.
+const maxKeyChanges = 100
+
+// errKeyChurn refuses key changes past maxKeyChanges an hour.
+var errKeyChurn = fmt.Errorf("at most %d API keys created or revoked an hour; try again later", maxKeyChanges)
+
 // createKey issues another API key for account; the key is returned once.
-func (s *Settlement) createKey(account, name string) (string, ledger.APIKeyInfo, error) {
-	key, info, err := s.led.NewAPIKey(account, name)
+func (s *Settlement) createKey(account, name, scope string) (string, ledger.APIKeyInfo, error) {
+	if !s.keyChanges.allow(account, time.Now()) {
+		return "", ledger.APIKeyInfo{}, errKeyChurn
+	}
+	key, info, err := s.led.NewAPIKey(account, name, scope)
 	if err == nil {
-		s.log.Info("API key created", "account", account, "key", info.ID)
+		s.log.Info("API key created", "account", account, "key", info.ID, "scope", scope)
 	}
 	return key, info, err
 }
@@ -28,6 +39,9 @@ func (s *Settlement) createKey(account, name string) (string, ledger.APIKeyInfo,
 // gateway at once: they cache checked keys for a few seconds, and a
 // revoked key must not spend for even that long.
 func (s *Settlement) revokeKey(account, id string) error {
+	if !s.keyChanges.allow(account, time.Now()) {
+		return errKeyChurn
+	}
 	hash, err := s.led.RevokeAPIKeyID(account, id)
 	if err != nil {
 		return err
@@ -75,7 +89,7 @@ type keysResponse struct {
 
 // listKeys is GET /v1/keys: the caller's API keys, without the keys.
 func (s *Settlement) listKeys(w http.ResponseWriter, r *http.Request) {
-	account, ok := s.keyAccount(w, r)
+	account, ok := s.managingAccount(w, r)
 	if !ok {
 		return
 	}
@@ -88,20 +102,24 @@ func (s *Settlement) listKeys(w http.ResponseWriter, r *http.Request) {
 
 // postKey is POST /v1/keys {"name": ...}: a new key, shown this once.
 func (s *Settlement) postKey(w http.ResponseWriter, r *http.Request) {
-	account, ok := s.keyAccount(w, r)
+	account, ok := s.managingAccount(w, r)
 	if !ok {
 		return
 	}
 	var req struct {
-		Name string `json:"name"`
+		Name  string `json:"name"`
+		Scope string `json:"scope"` // "account" (the default) or "node"
 	}
 	if r.ContentLength != 0 {
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
-			openai.WriteError(w, http.StatusBadRequest, "invalid_request_error", "", "invalid_json", "the body must be JSON: {\"name\": \"...\"}")
+			openai.WriteError(w, http.StatusBadRequest, "invalid_request_error", "", "invalid_json", "the body must be JSON: {\"name\": \"...\", \"scope\": \"account\" or \"node\"}")
 			return
 		}
 	}
-	key, info, err := s.createKey(account, req.Name)
+	if req.Scope == "" {
+		req.Scope = ledger.ScopeAccount
+	}
+	key, info, err := s.createKey(account, req.Name, req.Scope)
 	if err != nil {
 		writeKeyError(w, err)
 		return
@@ -115,7 +133,7 @@ func (s *Settlement) postKey(w http.ResponseWriter, r *http.Request) {
 // deleteKey is DELETE /v1/keys/{id}: revoke one of the caller's keys,
 // effective at once on every gateway.
 func (s *Settlement) deleteKey(w http.ResponseWriter, r *http.Request) {
-	account, ok := s.keyAccount(w, r)
+	account, ok := s.managingAccount(w, r)
 	if !ok {
 		return
 	}
@@ -133,6 +151,9 @@ func (s *Settlement) deleteKey(w http.ResponseWriter, r *http.Request) {
 
 func writeKeyError(w http.ResponseWriter, err error) {
 	switch {
+	case errors.Is(err, errKeyChurn):
+		w.Header().Set("Retry-After", "600")
+		openai.WriteError(w, http.StatusTooManyRequests, "rate_limit_error", "", "rate_limited", err.Error())
 	case errors.Is(err, ledger.ErrUnknownKey):
 		openai.WriteError(w, http.StatusNotFound, "invalid_request_error", "id", "key_not_found", "no such API key on this account")
 	case errors.Is(err, ledger.ErrInvalid):

@@ -1,6 +1,7 @@
 package settlement
 
 import (
+	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,7 +40,7 @@ func newMetrics(reg *prometheus.Registry) metrics {
 		}, []string{"outcome"}),
 		commits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenrouter_settle_ledger_commits_total",
-			Help: "Ledger writes (each one synced batch), by operation (receipts, receipt_capped, hold, hold_topup, hold_release, hold_expire) and result (ok, error).",
+			Help: "Ledger writes (each one synced batch), by operation (receipts, receipt_capped, hold, hold_topup, hold_release, hold_expire) and result (ok; refused: the ledger declined it, e.g. insufficient funds; error: the write failed).",
 		}, []string{"op", "result"}),
 		commitSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "tokenrouter_settle_ledger_commit_seconds",
@@ -55,7 +56,11 @@ func newMetrics(reg *prometheus.Registry) metrics {
 // committed records one ledger write of kind op that started at start.
 func (m metrics) committed(op string, start time.Time, err error) {
 	result := "ok"
-	if err != nil {
+	switch {
+	case errors.Is(err, ledger.ErrInsufficientFunds), errors.Is(err, ledger.ErrInvalid),
+		errors.Is(err, ledger.ErrUnknownAccount), errors.Is(err, ledger.ErrConflict):
+		result = "refused" // the ledger said no; nothing failed
+	case err != nil:
 		result = "error"
 	}
 	m.commits.WithLabelValues(op, result).Inc()

@@ -25,11 +25,16 @@ func rpcErr(code, msg string) *p2p.SettleResponse {
 func (s *Settlement) handle(_ context.Context, remote peer.ID, req *p2p.SettleRequest) *p2p.SettleResponse {
 	switch req.Op {
 	case p2p.OpAuth, p2p.OpAccount:
+		if k, ok := s.led.KeyByHash(ledger.KeyHash(req.APIKey)); ok && k.Scope != ledger.ScopeAccount {
+			return rpcErr(p2p.CodeKeyScope, nodeKeyMessage)
+		}
 		resp := s.account(req.APIKey)
 		if resp.Account != nil {
 			resp.Grant = s.grant(resp.Account.Account, remote)
 		}
 		return resp
+	case p2p.OpAccountView:
+		return s.account(req.APIKey)
 	case p2p.OpPrices:
 		t := s.cfg.Prices
 		return &p2p.SettleResponse{Prices: &t}

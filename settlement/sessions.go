@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -20,6 +21,9 @@ const (
 	csrfCookie    = "tr_csrf" // before sign-in: the double-submit token of the sign-up and sign-in forms
 	sessionLife   = 12 * time.Hour
 	maxSessions   = 100_000
+	// maxAccountSessions bounds one account's sessions: signing in again
+	// past it ends that account's oldest, never anyone else's.
+	maxAccountSessions = 16
 )
 
 type session struct {
@@ -42,11 +46,39 @@ type flash struct {
 }
 
 type sessions struct {
-	mu sync.Mutex
-	m  map[string]*session
+	mu        sync.Mutex
+	m         map[string]*session
+	byAccount map[string][]*session // oldest first
+	swept     time.Time
 }
 
-func newSessions() *sessions { return &sessions{m: map[string]*session{}} }
+func newSessions() *sessions {
+	return &sessions{m: map[string]*session{}, byAccount: map[string][]*session{}}
+}
+
+// drop forgets s; called with mu held.
+func (ss *sessions) drop(s *session) {
+	delete(ss.m, s.id)
+	list := slices.DeleteFunc(ss.byAccount[s.account], func(x *session) bool { return x == s })
+	if len(list) == 0 {
+		delete(ss.byAccount, s.account)
+	} else {
+		ss.byAccount[s.account] = list
+	}
+}
+
+// sweep drops expired sessions, at most once a minute; called with mu held.
+func (ss *sessions) sweep(now time.Time) {
+	if now.Sub(ss.swept) < time.Minute {
+		return
+	}
+	ss.swept = now
+	for _, s := range ss.m {
+		if now.After(s.expires) {
+			ss.drop(s)
+		}
+	}
+}
 
 func sessionToken() string {
 	var b [32]byte
@@ -59,14 +91,23 @@ func sessionToken() string {
 func (ss *sessions) start(w http.ResponseWriter, r *http.Request, account, keyHash string, now time.Time) *session {
 	s := &session{id: sessionToken(), account: account, keyHash: keyHash, csrf: sessionToken(), expires: now.Add(sessionLife)}
 	ss.mu.Lock()
+	ss.sweep(now)
+	if list := ss.byAccount[account]; len(list) >= maxAccountSessions {
+		ss.drop(list[0]) // this account's oldest session
+	}
 	if len(ss.m) >= maxSessions {
-		for id, old := range ss.m {
-			if now.After(old.expires) || len(ss.m) >= maxSessions {
-				delete(ss.m, id) // expired first; at the bound, any (map order is random)
+		// Only many accounts together get here (each holds at most
+		// maxAccountSessions): the session nearest its end goes.
+		var first *session
+		for _, old := range ss.m {
+			if first == nil || old.expires.Before(first.expires) {
+				first = old
 			}
 		}
+		ss.drop(first)
 	}
 	ss.m[s.id] = s
+	ss.byAccount[account] = append(ss.byAccount[account], s)
 	ss.mu.Unlock()
 	setCookie(w, r, sessionCookie, s.id, sessionLife)
 	clearCookie(w, r, csrfCookie)
@@ -86,8 +127,8 @@ func (ss *sessions) get(r *http.Request, led *ledger.Ledger, now time.Time) *ses
 	if s == nil {
 		return nil
 	}
-	if acct, ok := led.AccountByKeyHash(s.keyHash); !ok || acct != s.account || now.After(s.expires) {
-		delete(ss.m, s.id) // expired, or its key was revoked
+	if k, ok := led.KeyByHash(s.keyHash); !ok || k.Account != s.account || now.After(s.expires) {
+		ss.drop(s) // expired, or its key was revoked
 		return nil
 	}
 	return s
@@ -96,7 +137,7 @@ func (ss *sessions) get(r *http.Request, led *ledger.Ledger, now time.Time) *ses
 // end closes s and clears its cookie.
 func (ss *sessions) end(w http.ResponseWriter, r *http.Request, s *session) {
 	ss.mu.Lock()
-	delete(ss.m, s.id)
+	ss.drop(s)
 	ss.mu.Unlock()
 	clearCookie(w, r, sessionCookie)
 }

@@ -99,28 +99,29 @@ func (c *Config) Validate() error {
 
 // Settlement is a running settlement peer.
 type Settlement struct {
-	cfg      Config
-	log      *slog.Logger
-	led      *ledger.Ledger
-	signups  *rateLimiter
-	rep      *Reputation
-	gateways gatewayBook
-	intake   *intake
-	stopped  chan struct{} // closed once the intake stops taking receipts
-	demand   demand
-	bmu      sync.RWMutex
-	bounties *bountyState
-	prices   *priceHistory
-	grantMu  sync.RWMutex
-	grantsOK map[[64]byte]grantFields // grant signatures already verified
-	reg      *prometheus.Registry
-	metrics  metrics
-	cloud    *cloudNodes // nil when hosted cloud nodes are off
-	claims   *p2p.ClaimVerifier
-	book     *claimBook    // nodes' own claims, unreceipted calls, disputes
-	prober   *prober       // probes from rotating identities, shaped like consumers' calls
-	revoked  *pubsub.Topic // API key revocations, for every gateway at once
-	sessions *sessions     // signed-in dashboard users
+	cfg        Config
+	log        *slog.Logger
+	led        *ledger.Ledger
+	signups    *rateLimiter
+	rep        *Reputation
+	gateways   gatewayBook
+	intake     *intake
+	stopped    chan struct{} // closed once the intake stops taking receipts
+	demand     demand
+	bmu        sync.RWMutex
+	bounties   *bountyState
+	prices     *priceHistory
+	grantMu    sync.RWMutex
+	grantsOK   map[[64]byte]grantFields // grant signatures already verified
+	reg        *prometheus.Registry
+	metrics    metrics
+	cloud      *cloudNodes // nil when hosted cloud nodes are off
+	claims     *p2p.ClaimVerifier
+	book       *claimBook    // nodes' own claims, unreceipted calls, disputes
+	prober     *prober       // probes from rotating identities, shaped like consumers' calls
+	revoked    *pubsub.Topic // API key revocations, for every gateway at once
+	sessions   *sessions     // signed-in dashboard users
+	keyChanges *rateLimiter  // API keys created and revoked, per account
 }
 
 // New checks cfg and returns a settlement peer ready to Run.
@@ -154,6 +155,7 @@ func New(cfg Config) (*Settlement, error) {
 		return nil, fmt.Errorf("settlement: revocation topic: %w", err)
 	}
 	s.sessions = newSessions()
+	s.keyChanges = newRateLimiter(maxKeyChanges, time.Hour)
 	s.stopped = make(chan struct{})
 	s.book = newClaimBook()
 	s.prober = newProber(s)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"log/slog"
 
 	"github.com/spf13/cobra"
 	"github.com/tokenrouter/tokenrouter/internal/launch"
@@ -29,7 +30,12 @@ func (p *p2pFlags) common(g *globals) (launch.Common, error) {
 	if err != nil {
 		return launch.Common{}, err
 	}
-	return launch.Common{Data: p.data, Listen: p.listen, Bootstrap: p.bootstrap, Metrics: p.metrics, Logger: log}, nil
+	return p.options(log), nil
+}
+
+// options are the common options from the flags, logging to log.
+func (p *p2pFlags) options(log *slog.Logger) launch.Common {
+	return launch.Common{Data: p.data, Listen: p.listen, Bootstrap: p.bootstrap, Metrics: p.metrics, Logger: log}
 }
 
 // runE is the RunE of a libp2p role: build the common options from the

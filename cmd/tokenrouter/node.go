@@ -141,7 +141,7 @@ func runNodeWithView(ctx context.Context, g *globals, p *p2pFlags, o launch.Node
 	if err != nil {
 		return err
 	}
-	o.Common = launch.Common{Data: p.data, Listen: p.listen, Bootstrap: p.bootstrap, Logger: log}
+	o.Common = p.options(log)
 	v := &nodeView{out: os.Stdout, dir: p.data, logPath: logPath, recent: recent, width: terminalWidth}
 	v.start()
 	defer func() {

@@ -89,7 +89,13 @@ func TestStatusOfEveryRole(t *testing.T) {
 	})
 
 	ndir := m.dir("node-0")
-	st := statusJSON(t, ndir, secrets...)
+	// The status answer waits 1.5 s at most for the node's first earnings
+	// lookup; on a busy machine it may come in a later answer.
+	var st *launch.Status
+	testkit.WaitFor(t, 15*time.Second, "the node's status to hold its earnings", func() bool {
+		st = statusJSON(t, ndir, secrets...)
+		return st.Node != nil && !st.Node.Earnings.AsOf.IsZero()
+	})
 	checkCommon(t, st, ndir, "node")
 	n := st.Node
 	if n == nil || len(n.Models) != 1 || n.Models[0].Model != "synthetic-1" || n.Models[0].Capacity != 4 {

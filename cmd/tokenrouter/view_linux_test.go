@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,7 +55,7 @@ func TestNodeViewOnTerminal(t *testing.T) {
 	defer master.Close()
 	dir := filepath.Join(root, "node")
 	cmd := exec.Command(binary, "node", "--data", dir, "--listen", "/ip4/127.0.0.1/tcp/0",
-		"--platform", platform.String(), "--upstream", "http://"+engineAddr+"/v1")
+		"--platform", platform.String(), "--upstream", "http://"+engineAddr+"/v1", "--metrics", "127.0.0.1:0")
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	// Its own session with the pty as its terminal, so Ctrl-C reaches it as on a desk.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
@@ -99,6 +100,14 @@ func TestNodeViewOnTerminal(t *testing.T) {
 	}
 	if fi, err := os.Stat(filepath.Join(dir, NodeLogFile)); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("node.log mode: %v %v", fi, err)
+	}
+	// The view takes the same flags as plain logs: --metrics serves.
+	if addr, err := launch.ReadFirstLine(filepath.Join(dir, "metrics-addr")); err != nil {
+		t.Fatalf("no metrics-addr with the view on: %v", err)
+	} else if resp, err := http.Get("http://" + addr + "/metrics"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics with the view on: %v", err)
+	} else {
+		resp.Body.Close()
 	}
 
 	master.Write([]byte{3}) // Ctrl-C

@@ -303,4 +303,27 @@ func TestRevokedKeyStopsAtOnceOnEveryGateway(t *testing.T) {
 			t.Fatalf("the account's other key on %s = %d", gw, code)
 		}
 	}
+
+	// A node's key cannot pay for calls, on any gateway.
+	req, _ = http.NewRequest(http.MethodPost, m.SettleURL+"/v1/keys", strings.NewReader(`{"name":"gpu box","scope":"node"}`))
+	req.Header.Set("Authorization", "Bearer "+m.DemoKey)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nodeKey struct {
+		APIKey string `json:"api_key"`
+		Scope  string `json:"scope"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&nodeKey)
+	resp.Body.Close()
+	if err != nil || nodeKey.Scope != "node" {
+		t.Fatalf("node key: %+v, %v", nodeKey, err)
+	}
+	for _, gw := range []string{m.GatewayURL, second} {
+		res, err := callOnce(gw, nodeKey.APIKey, "synthetic-1")
+		if err != nil || res.status != http.StatusForbidden || !strings.Contains(res.body, `"key_scope"`) {
+			t.Fatalf("a call paid with a node's key on %s = %+v, %v; want 403 key_scope", gw, res, err)
+		}
+	}
 }

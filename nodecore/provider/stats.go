@@ -294,7 +294,7 @@ func (n *Node) askEarnings() (Earnings, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	resp, err := n.cfg.Host.CallSettle(ctx, n.cfg.Platform, &p2p.SettleRequest{Op: p2p.OpAccount, APIKey: n.cfg.AccountKey})
+	resp, err := n.cfg.Host.CallSettle(ctx, n.cfg.Platform, &p2p.SettleRequest{Op: p2p.OpAccountView, APIKey: n.cfg.AccountKey})
 	if err != nil {
 		return Earnings{}, err // no part of the request (the key) is in it
 	}

@@ -1,13 +1,13 @@
 package ledger
 
 import (
-	"bytes"
 	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base32"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -47,7 +47,7 @@ func (l *Ledger) CreateAccount(grant int64) (AccountState, string, error) {
 		if err := t.accept(&p, nil, false); err != nil {
 			return err
 		}
-		t.keys[hash] = keyRec{id, newKeyInfo(key, hash, "default", t.now)}
+		t.keys[hash] = keyRec{id, newKeyInfo(key, hash, "default", ScopeAccount, t.now)}
 		st = t.accts.vals[i]
 		return nil
 	})
@@ -89,13 +89,24 @@ const MaxAPIKeys = 100
 // MaxKeyName is the longest name an API key may be given, in bytes.
 const MaxKeyName = 64
 
+// Key scopes. A key of the whole account (ScopeAccount) spends, signs in to
+// the dashboard and manages the account's keys and nodes. A node's key
+// (ScopeNode) only links a node to the account and reads the account: a
+// node's machine holds it, and whoever takes it from there can neither
+// spend the balance nor take the account over.
+const (
+	ScopeAccount = "account"
+	ScopeNode    = "node"
+)
+
 // APIKeyInfo describes an API key without revealing it: its id (for
-// revoking), the start and end of the key as shown once, its name and when
-// it was made.
+// revoking), the start and end of the key as shown once, its name, scope
+// and when it was made.
 type APIKeyInfo struct {
 	ID        string `json:"id"`
 	Prefix    string `json:"prefix"` // "trk_abcd…wxyz"
 	Name      string `json:"name"`
+	Scope     string `json:"scope"` // ScopeAccount or ScopeNode
 	CreatedMs int64  `json:"created_ms"`
 }
 
@@ -108,32 +119,59 @@ type keyRec struct {
 // keyID is an API key's public id: the start of its hash.
 func keyID(hash string) string { return "key_" + hash[:16] }
 
-func newKeyInfo(key, hash, name string, now time.Time) APIKeyInfo {
-	return APIKeyInfo{ID: keyID(hash), Prefix: key[:len(APIKeyPrefix)+4] + "…" + key[len(key)-4:], Name: name, CreatedMs: now.UnixMilli()}
+func newKeyInfo(key, hash, name, scope string, now time.Time) APIKeyInfo {
+	return APIKeyInfo{ID: keyID(hash), Prefix: key[:len(APIKeyPrefix)+4] + "…" + key[len(key)-4:], Name: name, Scope: scope, CreatedMs: now.UnixMilli()}
 }
 
-// encode stores the account, a NUL, then the description as JSON. Ledgers
-// written before keys had descriptions hold the account alone.
-func (r keyRec) encode() []byte {
-	info, _ := json.Marshal(r.info)
-	return append(append([]byte(r.account), 0), info...)
+func (r keyRec) encodeInfo() []byte {
+	b, _ := json.Marshal(r.info)
+	return b
 }
 
-func decodeKeyRec(hash string, v []byte) keyRec {
-	acct, info, found := bytes.Cut(v, []byte{0})
-	r := keyRec{account: string(acct)}
-	if !found || json.Unmarshal(info, &r.info) != nil || r.info.ID == "" {
-		r.info = APIKeyInfo{ID: keyID(hash), Prefix: APIKeyPrefix + "…", Name: "default"}
+// decodeKeyInfo reads a key's description; a key stored before keys had
+// descriptions (nil v) is the account's "default" key.
+func decodeKeyInfo(hash string, v []byte) APIKeyInfo {
+	var info APIKeyInfo
+	if v == nil || json.Unmarshal(v, &info) != nil || info.ID == "" {
+		info = APIKeyInfo{ID: keyID(hash), Prefix: APIKeyPrefix + "…", Name: "default"}
 	}
-	return r
+	if info.Scope == "" {
+		info.Scope = ScopeAccount
+	}
+	return info
 }
 
-// NewAPIKey issues another API key for account, named name: "trk_" +
-// lowercase base32 of 32 random bytes. Only its SHA-256 is stored; the
-// plaintext is returned once.
-func (l *Ledger) NewAPIKey(account, name string) (string, APIKeyInfo, error) {
+// addKey and dropKey keep keys and its index by account; called with mu
+// held for writing (or before the ledger is shared).
+func (l *Ledger) addKey(hash string, r keyRec) {
+	l.keys[hash] = r
+	if l.acctKeys[r.account] == nil {
+		l.acctKeys[r.account] = map[string]struct{}{}
+	}
+	l.acctKeys[r.account][hash] = struct{}{}
+}
+
+func (l *Ledger) dropKey(hash string) {
+	r, ok := l.keys[hash]
+	if !ok {
+		return
+	}
+	delete(l.keys, hash)
+	delete(l.acctKeys[r.account], hash)
+	if len(l.acctKeys[r.account]) == 0 {
+		delete(l.acctKeys, r.account)
+	}
+}
+
+// NewAPIKey issues another API key for account, named name, of scope
+// (ScopeAccount or ScopeNode): "trk_" + lowercase base32 of 32 random
+// bytes. Only its SHA-256 is stored; the plaintext is returned once.
+func (l *Ledger) NewAPIKey(account, name, scope string) (string, APIKeyInfo, error) {
 	if len(name) > MaxKeyName || !utf8.ValidString(name) {
 		return "", APIKeyInfo{}, fmt.Errorf("%w: a key name is at most %d bytes of UTF-8", ErrInvalid, MaxKeyName)
+	}
+	if scope != ScopeAccount && scope != ScopeNode {
+		return "", APIKeyInfo{}, fmt.Errorf("%w: a key's scope is %q or %q", ErrInvalid, ScopeAccount, ScopeNode)
 	}
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
@@ -143,16 +181,24 @@ func (l *Ledger) NewAPIKey(account, name string) (string, APIKeyInfo, error) {
 	if _, ok := l.w.accounts[account]; !ok {
 		return "", APIKeyInfo{}, fmt.Errorf("%w: %q", ErrUnknownAccount, account)
 	}
-	if n := len(l.APIKeys(account)); n >= MaxAPIKeys {
+	l.mu.RLock()
+	n := len(l.acctKeys[account])
+	l.mu.RUnlock()
+	if n >= MaxAPIKeys {
 		return "", APIKeyInfo{}, fmt.Errorf("%w: an account holds at most %d API keys; revoke one first", ErrInvalid, MaxAPIKeys)
 	}
 	key, hash := newAPIKey()
-	rec := keyRec{account, newKeyInfo(key, hash, name, l.now())}
-	if err := l.db.Set(apiKeyKey(hash), rec.encode(), pebble.Sync); err != nil {
+	rec := keyRec{account, newKeyInfo(key, hash, name, scope, l.now())}
+	b := l.db.NewBatch()
+	defer b.Close()
+	if err := errors.Join(b.Set(keyDescKey(hash), rec.encodeInfo(), nil), b.Set(apiKeyKey(hash), []byte(account), nil)); err != nil {
+		return "", APIKeyInfo{}, fmt.Errorf("ledger: store api key: %w", err)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
 		return "", APIKeyInfo{}, fmt.Errorf("ledger: store api key: %w", err)
 	}
 	l.mu.Lock()
-	l.keys[hash] = rec
+	l.addKey(hash, rec)
 	l.mu.Unlock()
 	return key, rec.info, nil
 }
@@ -162,10 +208,8 @@ func (l *Ledger) APIKeys(account string) []APIKeyInfo {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	var out []APIKeyInfo
-	for _, r := range l.keys {
-		if r.account == account {
-			out = append(out, r.info)
-		}
+	for h := range l.acctKeys[account] {
+		out = append(out, l.keys[h].info)
 	}
 	slices.SortFunc(out, func(a, b APIKeyInfo) int {
 		return cmp.Or(cmp.Compare(a.CreatedMs, b.CreatedMs), cmp.Compare(a.ID, b.ID))
@@ -195,6 +239,9 @@ func (l *Ledger) RevokeAPIKeyID(account, id string) (string, error) {
 	return hash, err
 }
 
+// revoke deletes the first of account's keys match picks. The account's
+// last key of the account scope stays: without it nobody could sign in,
+// spend the balance or make another key.
 func (l *Ledger) revoke(account string, match func(hash string, r keyRec) bool) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
@@ -204,46 +251,61 @@ func (l *Ledger) revoke(account string, match func(hash string, r keyRec) bool) 
 	if _, ok := l.w.accounts[account]; !ok {
 		return fmt.Errorf("%w: %q", ErrUnknownAccount, account)
 	}
-	hash := ""
+	hash, full := "", 0
 	l.mu.RLock()
-	for h, r := range l.keys {
-		if r.account == account && match(h, r) {
+	for h := range l.acctKeys[account] {
+		r := l.keys[h]
+		if r.info.Scope == ScopeAccount {
+			full++
+		}
+		if hash == "" && match(h, r) {
 			hash = h
-			break
 		}
 	}
+	last := hash != "" && l.keys[hash].info.Scope == ScopeAccount && full == 1
 	l.mu.RUnlock()
-	if hash == "" {
+	switch {
+	case hash == "":
 		return ErrUnknownKey
+	case last:
+		return fmt.Errorf("%w: this is the account's last key that can sign in and spend; create another before revoking it", ErrInvalid)
 	}
-	if err := l.db.Delete(apiKeyKey(hash), pebble.Sync); err != nil {
+	b := l.db.NewBatch()
+	defer b.Close()
+	if err := errors.Join(b.Delete(apiKeyKey(hash), nil), b.Delete(keyDescKey(hash), nil)); err != nil {
+		return fmt.Errorf("ledger: revoke api key: %w", err)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("ledger: revoke api key: %w", err)
 	}
 	l.mu.Lock()
-	delete(l.keys, hash)
+	l.dropKey(hash)
 	l.mu.Unlock()
 	return nil
 }
 
 // AccountByKey returns the account that owns an API key, or ErrUnknownKey.
 func (l *Ledger) AccountByKey(key string) (string, error) {
-	hash := hashKey(key)
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	r, ok := l.keys[hash]
+	r, ok := l.KeyByHash(hashKey(key))
 	if !ok {
 		return "", ErrUnknownKey
 	}
-	return r.account, nil
+	return r.Account, nil
 }
 
-// AccountByKeyHash is AccountByKey for a key known by its hash (a signed-in
-// dashboard session keeps the hash, not the key).
-func (l *Ledger) AccountByKeyHash(hash string) (string, bool) {
+// KeyRecord is an API key's account and description.
+type KeyRecord struct {
+	Account string
+	APIKeyInfo
+}
+
+// KeyByHash returns the key stored under hash (the hash of the key; a
+// signed-in dashboard session keeps the hash, not the key).
+func (l *Ledger) KeyByHash(hash string) (KeyRecord, bool) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	r, ok := l.keys[hash]
-	return r.account, ok
+	return KeyRecord{r.account, r.info}, ok
 }
 
 // KeyHash is the hash an API key is stored, cached and revoked under.

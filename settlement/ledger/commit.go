@@ -468,7 +468,10 @@ func (t *txn) finish() error {
 		}
 	}
 	for hash, rec := range t.keys {
-		if err := t.set(apiKeyKey(hash), rec.encode()); err != nil {
+		if err := t.set(apiKeyKey(hash), []byte(rec.account)); err != nil {
+			return err
+		}
+		if err := t.set(keyDescKey(hash), rec.encodeInfo()); err != nil {
 			return err
 		}
 	}
@@ -591,7 +594,7 @@ func (l *Ledger) run(build func(t *txn) error) error {
 		l.mu.Lock()
 		t.applyTo(&l.pub)
 		for hash, rec := range t.keys {
-			l.keys[hash] = rec
+			l.addKey(hash, rec)
 		}
 		l.mu.Unlock()
 	}

@@ -79,6 +79,8 @@
 //
 //	a/<account>              account state: id, balance, held, earned, spent, calls, starting credit, created
 //	k/<sha256(api key) hex>  owning account id; the plaintext key is never stored
+//	d/<sha256(api key) hex>  the key's description (APIKeyInfo as JSON: id, prefix, name, scope,
+//	                         created); a key without one (made before descriptions) lists as "default"
 //	n/<peer id>              account the node is linked to
 //	i/<idempotency key>      32-byte SHA-256 of the posting's payload, then the 8-byte big-endian
 //	                         sequence number the posting's first transfer got (its t/ record's key)

@@ -10,6 +10,7 @@ import (
 const (
 	prefixAccount = "a/"
 	prefixAPIKey  = "k/"
+	prefixKeyDesc = "d/"
 	prefixNode    = "n/"
 	prefixIdem    = "i/"
 	prefixTx      = "t/"
@@ -23,6 +24,7 @@ const (
 
 func accountKey(id string) []byte    { return []byte(prefixAccount + id) }
 func apiKeyKey(hash string) []byte   { return []byte(prefixAPIKey + hash) }
+func keyDescKey(hash string) []byte  { return []byte(prefixKeyDesc + hash) }
 func nodeKey(peer string) []byte     { return []byte(prefixNode + peer) }
 func idemKey(key string) []byte      { return []byte(prefixIdem + key) }
 func holdKey(id string) []byte       { return []byte(prefixHold + id) }

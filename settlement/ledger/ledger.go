@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -155,10 +156,12 @@ type Ledger struct {
 
 	// mu guards the published state; readers hold it shared. Close takes it
 	// exclusively so no reader uses the DB while it closes.
-	mu    sync.RWMutex
-	pub   state
-	keys  map[string]keyRec // sha256 hex of an API key -> its account and description
-	nodes map[string]string // peer id -> account
+	mu   sync.RWMutex
+	pub  state
+	keys map[string]keyRec // sha256 hex of an API key -> its account and description
+	// acctKeys indexes keys by account: account -> key hashes.
+	acctKeys map[string]map[string]struct{}
+	nodes    map[string]string // peer id -> account
 
 	txns sync.Pool // *txn
 
@@ -223,6 +226,7 @@ func Open(dir string, opts Options) (*Ledger, error) {
 		linkVersion: opts.linkVersion,
 		pub:         newState(),
 		keys:        map[string]keyRec{},
+		acctKeys:    map[string]map[string]struct{}{},
 		nodes:       map[string]string{},
 		tail:        &ticket{done: make(chan struct{})},
 	}
@@ -282,10 +286,17 @@ func (l *Ledger) load() error {
 		})
 	}
 	if err == nil {
-		err = scanPrefix(l.db, prefixAPIKey, func(k string, v []byte) error {
-			l.keys[k] = decodeKeyRec(k, v)
+		descs := map[string][]byte{}
+		err = scanPrefix(l.db, prefixKeyDesc, func(k string, v []byte) error {
+			descs[k] = bytes.Clone(v)
 			return nil
 		})
+		if err == nil {
+			err = scanPrefix(l.db, prefixAPIKey, func(k string, v []byte) error {
+				l.addKey(k, keyRec{account: string(v), info: decodeKeyInfo(k, descs[k])})
+				return nil
+			})
+		}
 	}
 	if err == nil {
 		err = scanPrefix(l.db, prefixNode, func(k string, v []byte) error {

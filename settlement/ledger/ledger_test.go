@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/tokenrouter/tokenrouter/settlement/economy"
@@ -271,14 +272,14 @@ func TestAPIKeys(t *testing.T) {
 	l := openLedger(t, fs, "db")
 	a, k1 := mustCreate(t, l, 10)
 	b, _ := mustCreate(t, l, 10)
-	k2, info2, err := l.NewAPIKey(a.ID, "laptop <b>")
+	k2, info2, err := l.NewAPIKey(a.ID, "laptop <b>", ScopeAccount)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if info2.Name != "laptop <b>" || info2.Prefix != k2[:8]+"…"+k2[len(k2)-4:] || info2.ID != keyID(hashKey(k2)) {
 		t.Fatalf("key info = %+v", info2)
 	}
-	if _, _, err := l.NewAPIKey(a.ID, strings.Repeat("x", MaxKeyName+1)); !errors.Is(err, ErrInvalid) {
+	if _, _, err := l.NewAPIKey(a.ID, strings.Repeat("x", MaxKeyName+1), ScopeAccount); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("NewAPIKey(long name) err = %v", err)
 	}
 	if keys := l.APIKeys(a.ID); len(keys) != 2 || !slices.Contains(keys, info2) {
@@ -290,7 +291,10 @@ func TestAPIKeys(t *testing.T) {
 	if k1 == k2 {
 		t.Fatal("duplicate api key")
 	}
-	if _, _, err := l.NewAPIKey("acct_missing", ""); !errors.Is(err, ErrUnknownAccount) {
+	if _, _, err := l.NewAPIKey(a.ID, "x", "admin"); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("NewAPIKey(bad scope) err = %v", err)
+	}
+	if _, _, err := l.NewAPIKey("acct_missing", "", ScopeAccount); !errors.Is(err, ErrUnknownAccount) {
 		t.Fatalf("NewAPIKey(unknown) err = %v", err)
 	}
 	for _, k := range []string{k1, k2} {
@@ -338,25 +342,59 @@ func TestAPIKeys(t *testing.T) {
 		t.Fatalf("APIKeys after reopen = %+v", keys)
 	}
 	assertNotStored(t, l, k1, k2)
+	// k2 is the account's last key of the account scope: it stays, even
+	// with a node's key beside it.
+	k3, info3, err := l.NewAPIKey(a.ID, "gpu box", ScopeNode)
+	if err != nil || info3.Scope != ScopeNode {
+		t.Fatal(info3, err)
+	}
+	if _, err := l.RevokeAPIKeyID(a.ID, info2.ID); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("revoking the last account key err = %v", err)
+	}
+	if hash, err := l.RevokeAPIKeyID(a.ID, info3.ID); err != nil || hash != KeyHash(k3) {
+		t.Fatal(hash, err)
+	}
+	k4, _, _ := l.NewAPIKey(a.ID, "new", ScopeAccount)
 	if hash, err := l.RevokeAPIKeyID(a.ID, info2.ID); err != nil || hash != KeyHash(k2) {
 		t.Fatal(hash, err)
 	}
 	if _, err := l.AccountByKey(k2); !errors.Is(err, ErrUnknownKey) {
 		t.Fatalf("key revoked by id err = %v", err)
 	}
+	// The key's record is the bare account, as before descriptions: a
+	// ledger written now opens with the binary before them.
+	v, closer, err := l.db.Get(apiKeyKey(KeyHash(k4)))
+	if err != nil || string(v) != a.ID {
+		t.Fatalf("k/ record = %q, %v", v, err)
+	}
+	closer.Close()
 }
 
-// A key stored before keys had descriptions (the account alone) still
-// works and lists with its id.
+// A key stored before keys had descriptions (the account alone, no d/
+// record) still works and lists as the account's default key.
 func TestLegacyAPIKeyRecord(t *testing.T) {
-	hash := hashKey("trk_old")
-	r := decodeKeyRec(hash, []byte("acct_0123456789abcdef"))
-	if r.account != "acct_0123456789abcdef" || r.info.ID != keyID(hash) {
-		t.Fatalf("legacy record = %+v", r)
+	fs := vfs.NewMem()
+	l := openLedger(t, fs, "db")
+	a, _ := mustCreate(t, l, 10)
+	legacy := "trk_legacykey0123456789"
+	if err := l.db.Set(apiKeyKey(KeyHash(legacy)), []byte(a.ID), pebble.Sync); err != nil {
+		t.Fatal(err)
 	}
-	r2 := decodeKeyRec(hash, keyRec{"acct_1", APIKeyInfo{ID: "key_x", Prefix: "trk_abcd…wxyz", Name: "n", CreatedMs: 7}}.encode())
-	if r2.account != "acct_1" || r2.info.Name != "n" || r2.info.CreatedMs != 7 {
-		t.Fatalf("record = %+v", r2)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = openLedger(t, fs, "db")
+	if acct, err := l.AccountByKey(legacy); err != nil || acct != a.ID {
+		t.Fatalf("legacy key = %q, %v", acct, err)
+	}
+	var found bool
+	for _, k := range l.APIKeys(a.ID) {
+		if k.ID == keyID(KeyHash(legacy)) {
+			found = k.Name == "default" && k.Scope == ScopeAccount
+		}
+	}
+	if !found {
+		t.Fatalf("legacy key not listed right: %+v", l.APIKeys(a.ID))
 	}
 }
 
