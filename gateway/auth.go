@@ -44,7 +44,7 @@ type authCache struct {
 type authEntry struct {
 	account *p2p.AccountInfo // nil: settlement said the key is unknown, or a node's (nodeKey)
 	nodeKey bool
-	grant   *p2p.Grant       // lets this gateway bill the account
+	grant   *p2p.Grant // lets this gateway bill the account
 	fetched time.Time
 	spent   int64 // µcr this gateway charged since fetched
 }
