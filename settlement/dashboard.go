@@ -317,18 +317,16 @@ func (s *Settlement) formSignup(w http.ResponseWriter, r *http.Request) {
 		s.forbidden(w, r)
 		return
 	}
-	if !s.signups.allow(clientAddr(r), time.Now()) {
+	a, key, err := s.signup(r)
+	switch {
+	case errors.Is(err, errSignupLimit):
 		w.Header().Set("Retry-After", "3600")
 		s.render(w, r, http.StatusTooManyRequests, &page{Title: "Try later", Error: "Too many accounts were created from this address; try again in an hour."})
 		return
-	}
-	a, key, err := s.led.CreateAccount(s.cfg.StartingCredit)
-	if err != nil {
-		s.log.Error("dashboard: create account", "err", err)
+	case err != nil:
 		s.render(w, r, http.StatusInternalServerError, &page{Title: "Error", Error: "Could not create the account; try again."})
 		return
 	}
-	s.metrics.accounts.Inc()
 	sess := s.sessions.start(w, r, a.ID, ledger.KeyHash(key), time.Now())
 	s.sessions.setFlash(sess, &flash{Key: key, KeyName: "default",
 		Notice: "Welcome. Your account starts with " + displayCredits(a.StartingCredit) + " credits."})

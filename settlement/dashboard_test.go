@@ -732,3 +732,18 @@ func TestSessionsBounded(t *testing.T) {
 		t.Fatalf("after the sweep: %d sessions, %d accounts", len(ss.m), len(ss.byAccount))
 	}
 }
+
+// The dashboard's sign-up shares POST /v1/accounts's per-address limit.
+func TestDashboardSignupLimit(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.SignupLimit = 1 })
+	f.signup(t) // the API's sign-up spends this address's one account
+	b := newBrowser(t, f.srv.URL)
+	accounts := countAccounts(t, f.led)
+	resp, body := b.post("/signup", b.token("/"), nil)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || !strings.Contains(body, "Too many accounts") {
+		t.Fatalf("sign-up past the limit = %d:\n%s", resp.StatusCode, body)
+	}
+	if n := countAccounts(t, f.led); n != accounts {
+		t.Fatalf("accounts %d -> %d past the limit", accounts, n)
+	}
+}

@@ -1,8 +1,8 @@
 package settlement
 
 import (
+	"errors"
 	"fmt"
-	"sort"
 	"strconv"
 
 	"encoding/json"
@@ -44,22 +44,39 @@ func (s *Settlement) Handler() http.Handler {
 	return mux
 }
 
-// createAccount opens an account with the starting credit and returns its
-// first API key, shown this once.
-func (s *Settlement) createAccount(w http.ResponseWriter, r *http.Request) {
+// errSignupLimit: too many accounts from one client address.
+var errSignupLimit = errors.New("settlement: too many accounts created from this address")
+
+// signup opens an account with the starting credit for the client of r,
+// within the per-address limit, and returns it with its first API key.
+// POST /v1/accounts and the dashboard's sign-up both come here.
+func (s *Settlement) signup(r *http.Request) (ledger.AccountState, string, error) {
 	if !s.signups.allow(clientAddr(r), time.Now()) {
-		w.Header().Set("Retry-After", "3600")
-		openai.WriteError(w, http.StatusTooManyRequests, "rate_limit_error", "", "rate_limited",
-			"too many accounts created from this address; try again later")
-		return
+		return ledger.AccountState{}, "", errSignupLimit
 	}
 	a, key, err := s.led.CreateAccount(s.cfg.StartingCredit)
 	if err != nil {
 		s.log.Error("create account", "err", err)
+		return ledger.AccountState{}, "", err
+	}
+	s.metrics.accounts.Inc()
+	return a, key, nil
+}
+
+// createAccount opens an account with the starting credit and returns its
+// first API key, shown this once.
+func (s *Settlement) createAccount(w http.ResponseWriter, r *http.Request) {
+	a, key, err := s.signup(r)
+	switch {
+	case errors.Is(err, errSignupLimit):
+		w.Header().Set("Retry-After", "3600")
+		openai.WriteError(w, http.StatusTooManyRequests, "rate_limit_error", "", "rate_limited",
+			"too many accounts created from this address; try again later")
+		return
+	case err != nil:
 		openai.WriteError(w, http.StatusInternalServerError, "server_error", "", "internal_error", "could not create the account")
 		return
 	}
-	s.metrics.accounts.Inc()
 	info := s.accountInfo(a)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusCreated)
@@ -235,14 +252,7 @@ type modelView struct {
 // getNetwork is GET /v1/network: every model's live supply and demand.
 // It holds nothing private: the same facts travel in gossip.
 func (s *Settlement) getNetwork(w http.ResponseWriter, _ *http.Request) {
-	now := time.Now()
-	unserved := s.demand.perMinute(now)
-	out := []modelView{}
-	for model, sp := range s.rep.Supply(now) {
-		out = append(out, modelView{Model: model, Instances: sp.Instances, Capacity: sp.Capacity, InFlight: sp.InFlight,
-			Unserved: unserved[model], UnderSupply: s.underSupply(model)})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Model < out[j].Model })
+	out := s.networkView(time.Now()) // the dashboard's network section shows the same
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(struct {
 		Object   string        `json:"object"`
